@@ -1,0 +1,50 @@
+"""shmstore: numpy arrays in HDF5 files, shared between the processes of one node.
+
+Open a store with :func:`open`; see ``DESIGN.md`` for the contract.
+"""
+
+from __future__ import annotations
+
+from ._store import Store
+from ._store import open_store as open
+from .errors import (
+    ArgumentError,
+    ArrayNotFoundError,
+    CacheFullError,
+    InvalidStoreError,
+    LayoutError,
+    LockTimeoutError,
+    ManifestError,
+    NotContiguousError,
+    ReadOnlyError,
+    RowsError,
+    SegmentError,
+    ShmStoreError,
+    StoreNotFoundError,
+    UnsupportedDtypeError,
+)
+from .manifest import ArrayInfo, Manifest
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArgumentError",
+    "ArrayInfo",
+    "ArrayNotFoundError",
+    "CacheFullError",
+    "InvalidStoreError",
+    "LayoutError",
+    "LockTimeoutError",
+    "Manifest",
+    "ManifestError",
+    "NotContiguousError",
+    "ReadOnlyError",
+    "RowsError",
+    "SegmentError",
+    "ShmStoreError",
+    "Store",
+    "StoreNotFoundError",
+    "UnsupportedDtypeError",
+    "__version__",
+    "open",
+]

@@ -1,0 +1,659 @@
+"""The store: numpy arrays in one HDF5 file.
+
+Crash behaviour (DESIGN.md invariant 8) rests on four choices made here:
+
+* Files are written in the HDF5 1.6 file format (h5py's default ``libver``):
+  later formats mark the superblock "open for writing" and refuse to open a
+  file whose writer was killed, until ``h5clear`` is run on it.
+* An append writes the rows into the raw file first, then grows the dataset's
+  extent and flushes (one in-place object-header write), then writes the
+  manifest.  A writer killed between the two leaves a dataset longer than its
+  manifest entry: that is recognised on open as an append that never
+  returned, and its complete rows are kept.
+* The manifest is written whole, twice (see ``_manifest_io``).
+* ``write`` and ``delete`` record a :class:`~shmstore.manifest.PendingChange`
+  before they swap or unlink a dataset, so the next open knows on which side
+  of the swap a killed writer left the file, and finishes or undoes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import time
+import weakref
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import h5py
+import numpy as np
+
+from . import _hdf5
+from ._dtype import check_supported
+from ._manifest_io import has_manifest, read_manifest, write_manifest
+from ._memmap import map_rows, source_block
+from ._rows import resolve_rows
+from ._store_lock import StoreLock
+from .errors import (
+    ArgumentError,
+    ArrayNotFoundError,
+    InvalidStoreError,
+    LayoutError,
+    ManifestError,
+    ReadOnlyError,
+    RowsError,
+    StoreNotFoundError,
+    UnsupportedDtypeError,
+)
+from .manifest import ArrayInfo, Manifest, PendingChange
+
+__all__ = ["Mode", "Store", "open_store"]
+
+_log = logging.getLogger("shmstore")
+
+Mode = Literal["r", "r+", "a", "w", "w-", "x"]
+_MODES = ("r", "r+", "a", "w", "w-", "x")
+_TMP_GROUP = ".shmstore_tmp"
+_NAME_PART = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_RAW_SUFFIX = ".raw"
+
+
+def _check_name(name: object) -> str:
+    """The dataset path *name*, checked to stay a plain path inside the file."""
+    if not isinstance(name, str):
+        raise ArgumentError(f"a dataset name must be a str, got {type(name).__name__} {name!r}")
+    problem = None
+    if not name:
+        problem = "it is empty"
+    elif name.startswith("/"):
+        problem = "it is absolute; give the path without the leading '/'"
+    elif any(part in ("", ".", "..") for part in name.split("/")):
+        problem = "it has an empty, '.' or '..' component"
+    elif not all(_NAME_PART.match(part) for part in name.split("/")):
+        problem = "only letters, digits and _ . - are allowed, with / between groups"
+    elif name.split("/")[0] == _TMP_GROUP:
+        problem = f"{_TMP_GROUP!r} is reserved for shmstore's own use"
+    if problem:
+        raise ArgumentError(f"invalid dataset name {name!r}: {problem}")
+    return name
+
+
+def _as_rows(array: object, what: str) -> np.ndarray[Any, Any]:
+    arr = np.asarray(array)
+    check_supported(arr.dtype, what)
+    if arr.ndim == 0:
+        raise ArgumentError(
+            f"{what} is a scalar; shmstore stores arrays of rows: pass np.atleast_1d(value)"
+        )
+    return arr
+
+
+class Store:
+    """Numpy arrays in one HDF5 file; open one with :func:`shmstore.open`.
+
+    A store opened for reading holds the shared side of a lock beside the
+    file (``<file>.lock``) until :meth:`close`; one opened for writing holds
+    the exclusive side, so writers are serialised and readers never see a
+    change half made.  Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], mode: str = "r", *,
+                 lock_timeout: float = 30.0) -> None:  # fmt: skip
+        if mode not in _MODES:
+            raise ArgumentError(f"mode must be one of {', '.join(_MODES)} (as in h5py), got {mode!r}")
+        self.path = Path(os.path.abspath(os.fspath(path)))
+        self.mode = mode
+        self.writable = mode != "r"
+        self._closed = True
+        exists = self.path.exists()
+        if mode in ("r", "r+") and not exists:
+            raise StoreNotFoundError(
+                f"no store at {self.path}: check the path, or open it with mode 'a' to create it"
+            )
+        if mode in ("w-", "x") and exists:
+            raise ArgumentError(f"{self.path} exists and mode {mode!r} only creates new files")
+        if exists and self.path.is_dir():
+            raise InvalidStoreError(f"{self.path} is a directory, not an HDF5 file")
+        self._lock = StoreLock(self.path, write=self.writable, timeout=lock_timeout)
+        try:
+            self._file = self._open_file(exists)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._finalizer = weakref.finalize(self, Store._release, self._file, self._lock)
+        self._closed = False
+        try:
+            self._load()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- opening -------------------------------------------------------------
+
+    def _open_file(self, exists: bool) -> h5py.File:
+        if exists and not h5py.is_hdf5(self.path) and self.mode != "w":
+            raise InvalidStoreError(
+                f"{self.path} is not an HDF5 file (or its superblock is damaged); "
+                "pass the right path, or mode 'w' to replace it"
+            )
+        if self.mode == "w":
+            self._remove_raw_dir()
+        h5mode = {"x": "w-"}.get(self.mode, self.mode)
+        try:
+            # HDF5's own flock is redundant with the store lock and fails on
+            # file systems without flock (NFS, Lustre); libver stays at h5py's
+            # default, the format that reopens after a killed writer.
+            return h5py.File(self.path, h5mode, locking=False)
+        except PermissionError as err:
+            raise ReadOnlyError(
+                f"cannot open {self.path} in mode {self.mode!r}: {err.strerror or err}; "
+                "open it with mode 'r' to read it"
+            ) from err
+        except OSError as err:
+            raise InvalidStoreError(
+                f"{self.path} cannot be opened as HDF5 (truncated or damaged?): {err}"
+            ) from err
+
+    def _load(self) -> None:
+        """Read and check the manifest; in write modes finish an interrupted change."""
+        try:
+            stored = read_manifest(self._file)
+            names = _hdf5.walk_datasets(self._file, skip=_TMP_GROUP)
+        except ManifestError:
+            raise
+        except (OSError, RuntimeError, ValueError, KeyError) as err:
+            raise InvalidStoreError(f"{self.path} is damaged: {err}") from err
+        self._unsupported: dict[str, str] = {}
+        live: dict[str, ArrayInfo] = {}
+        for name in names:
+            described = self._describe(name)
+            if isinstance(described, str):
+                self._unsupported[name] = described
+            else:
+                live[name] = described
+        self._manifest = self._reconcile(stored, live)
+        if self.writable and stored is not None and self._needs_repair(stored):
+            self._repair(stored)
+
+    def _describe(self, name: str, version: int = 0) -> ArrayInfo | str:
+        try:
+            return _hdf5.describe(_hdf5.open_dataset(self._file, name), name, version)
+        except (OSError, RuntimeError, ValueError) as err:
+            return f"{name!r} cannot be read: {err}"
+
+    def _reconcile(self, stored: Manifest | None, live: dict[str, ArrayInfo]) -> Manifest:
+        """The manifest to serve: *stored* checked against the *live* datasets."""
+        if stored is None:
+            return Manifest(inferred=True, arrays=live)
+        arrays = dict(stored.arrays)
+        pending = stored.pending
+        hidden: set[str] = set()
+        if pending is not None:
+            swapped = pending.temporary is None or pending.temporary not in self._file
+            if pending.kind == "write" and swapped and pending.info is not None:
+                arrays[pending.name] = pending.info
+            elif pending.kind == "delete":
+                arrays.pop(pending.name, None)
+                hidden.add(pending.name)
+        result: dict[str, ArrayInfo] = {}
+        for name, info in arrays.items():
+            if name in self._unsupported:
+                raise ManifestError(f"manifest lists {name!r}, but {self._unsupported[name]}")
+            found = live.get(name)
+            if found is None:
+                raise ManifestError(
+                    f"manifest lists {name!r} ({info.shape} {info.dtype}), but the file has no "
+                    "such dataset: the file was changed by another tool; restore it, or delete "
+                    "the attribute 'shmstore_manifest' to have the manifest inferred"
+                )
+            result[name] = self._checked(info, found)
+        for name, found in live.items():
+            if name not in result and name not in hidden:
+                result[name] = found  # added by another tool: served as inferred
+        return stored.model_copy(update={"arrays": result, "inferred": False})
+
+    def _checked(self, info: ArrayInfo, found: ArrayInfo) -> ArrayInfo:
+        if found.dtype != info.dtype:
+            raise ManifestError(
+                f"manifest says {info.name!r} has dtype {info.dtype}, the file holds "
+                f"{found.dtype}: refusing to serve data of the wrong type"
+            )
+        same_rows = found.shape[1:] == info.shape[1:] and len(found.shape) == len(info.shape)
+        if found.shape == info.shape:
+            return found.model_copy(update={"version": info.version})
+        if info.appendable and same_rows and found.shape[0] > info.shape[0]:
+            # The extent grew but the manifest was not rewritten: an append
+            # whose writer died before it returned.  Its rows are complete
+            # (written before the extent), so they are kept.
+            _log.warning(
+                "%s: %r has %d rows, its manifest %d: keeping the rows of an interrupted append",
+                self.path, info.name, found.shape[0], info.shape[0],
+            )  # fmt: skip
+            return found.model_copy(update={"version": info.version})
+        raise ManifestError(
+            f"manifest says {info.name!r} has shape {info.shape}, the file holds {found.shape}: "
+            "refusing to serve data of the wrong shape"
+        )
+
+    def _needs_repair(self, stored: Manifest) -> bool:
+        return (
+            stored.pending is not None
+            or _TMP_GROUP in self._file
+            or any(
+                stored.arrays.get(name) is None or stored.arrays[name].shape != info.shape
+                for name, info in self._manifest.arrays.items()
+            )
+        )
+
+    def _repair(self, stored: Manifest) -> None:
+        """Finish what a killed writer left: unlink leftovers, store a true manifest."""
+        _log.warning("%s: finishing a change interrupted by a killed writer", self.path)
+        pending = stored.pending
+        if pending is not None and pending.kind == "delete" and pending.name in self._file:
+            del self._file[pending.name]
+        if _TMP_GROUP in self._file:
+            del self._file[_TMP_GROUP]
+        self._commit(self._manifest.model_copy(update={"revision": self._manifest.revision + 1}))
+        if pending is not None:
+            self._remove_raw(pending.raw_files)
+
+    @staticmethod
+    def _release(file: h5py.File, lock: StoreLock) -> None:
+        try:
+            if file.id.valid:
+                file.close()
+        finally:
+            lock.release()
+
+    def close(self) -> None:
+        """Flush and close the file, and release the lock (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._finalizer()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:  # fmt: skip
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self)} datasets"
+        return f"<shmstore.Store {str(self.path)!r} mode {self.mode!r}, {state}>"
+
+    # -- what is stored ------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ArgumentError(f"the store {self.path} is closed; open it again")
+
+    @property
+    def manifest(self) -> Manifest:
+        """The :class:`~shmstore.manifest.Manifest`: every served dataset, checked against the file."""
+        self._check_open()
+        return self._manifest
+
+    def names(self) -> list[str]:
+        """Paths of every dataset, sorted, nested groups as ``"grp/sub/ds"``.
+
+        Datasets shmstore cannot serve are listed too: :meth:`info` says why.
+        """
+        self._check_open()
+        return sorted([*self._manifest.arrays, *self._unsupported])
+
+    def __contains__(self, name: object) -> bool:
+        self._check_open()
+        return name in self._manifest.arrays or name in self._unsupported
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def info(self, name: str) -> ArrayInfo:
+        """Shape, dtype, layout, chunks, compression and size of dataset *name*.
+
+        :raises ArrayNotFoundError: no dataset of that name.
+        :raises UnsupportedDtypeError: the dataset exists but its dtype (or
+            dataspace) is one shmstore does not serve.
+        """
+        self._check_open()
+        found = self._manifest.arrays.get(name)
+        if found is not None:
+            return found
+        if name in self._unsupported:
+            raise UnsupportedDtypeError(self._unsupported[name])
+        names = ", ".join(repr(n) for n in self.names()[:10]) or "none"
+        raise ArrayNotFoundError(
+            f"no dataset {name!r} in {self.path.name} (it holds {len(self)}: {names})"
+        )
+
+    # -- reading -------------------------------------------------------------
+
+    def _resolve(self, name: str, rows: object) -> tuple[ArrayInfo, int, int]:
+        info = self.info(name)
+        if not info.shape:
+            if rows is not None:
+                raise RowsError(f"{name!r} is a scalar dataset without rows: pass rows=None")
+            return info, 0, 1
+        start, stop = resolve_rows(rows, info.rows, name)
+        return info, start, stop
+
+    def read(self, name: str, rows: object = None) -> np.ndarray[Any, Any]:
+        """A private in-memory copy of rows *rows* of dataset *name*.
+
+        :param rows: ``None`` (all), a slice with step 1, or ``(start, stop)``.
+        :raises ArrayNotFoundError: no such dataset.
+        :raises RowsError: *rows* outside the dataset, with a step, or of a wrong type.
+        :raises UnsupportedDtypeError: a dtype shmstore does not serve.
+        :raises InvalidStoreError: the data cannot be read (damaged file, missing raw file).
+        """
+        info, start, stop = self._resolve(name, rows)
+        dataset = _hdf5.open_dataset(self._file, name)
+        try:
+            if not info.shape:
+                return np.asarray(dataset[()], dtype=info.dtype)
+            out = np.empty((stop - start, *info.shape[1:]), dtype=info.dtype)
+            if out.size:
+                dataset.read_direct(out, source_sel=np.s_[start:stop])
+        except (OSError, RuntimeError, ValueError) as err:
+            raise InvalidStoreError(
+                f"reading rows {start}:{stop} of {name!r} from {self.path} failed: {err}"
+            ) from err
+        return out
+
+    def memmap(self, name: str, rows: object = None) -> np.ndarray[Any, Any]:
+        """A read-only, zero-copy ``np.memmap`` of rows *rows* of dataset *name*.
+
+        Only contiguous datasets (``write`` without chunks or compression, and
+        appendable ones) can be mapped.  Zero rows give an empty read-only array.
+
+        :raises NotContiguousError: the dataset is chunked, compressed, compact or virtual.
+        :raises LayoutError: its storage is not allocated or its raw file is missing or short.
+        :raises ArrayNotFoundError, RowsError, UnsupportedDtypeError: as :meth:`read`.
+        """
+        info, start, stop = self._resolve(name, rows)
+        dataset = _hdf5.open_dataset(self._file, name)
+        path, offset = source_block(dataset, info, self.path)
+        if not info.shape:
+            return np.memmap(path, dtype=info.dtype, mode="r", offset=offset, shape=())
+        return map_rows(path, offset, info, start, stop)  # type: ignore[no-any-return]
+
+    def source_files(self, name: str) -> list[Path]:
+        """The files whose bytes make up dataset *name*: the HDF5 file and any raw files."""
+        self.info(name)
+        dataset = _hdf5.open_dataset(self._file, name)
+        return [self.path, *(path for path, _, _ in _hdf5.external_files(dataset, self.path.parent))]
+
+    # -- writing -------------------------------------------------------------
+
+    def _check_writable(self, action: str) -> None:
+        self._check_open()
+        if not self.writable:
+            raise ReadOnlyError(
+                f"cannot {action}: {self.path} is open read-only (mode 'r'); "
+                "open it with mode 'a' or 'r+' to change it"
+            )
+
+    def _commit(self, manifest: Manifest) -> None:
+        """Store *manifest* and make the change visible to every stat of the file."""
+        write_manifest(self._file, manifest)
+        self._manifest = manifest.model_copy(update={"inferred": False})
+        # The file's stat identity (size, mtime in ns) tells caches that the
+        # data changed; the kernel's coarse clock can leave mtime unchanged
+        # for two writes within a tick, so move it forward explicitly.
+        stat = os.stat(self.path)
+        os.utime(self.path, ns=(stat.st_atime_ns, max(time.time_ns(), stat.st_mtime_ns + 1)))
+
+    def _raw_dir(self) -> Path:
+        return self.path.with_name(self.path.name + _RAW_SUFFIX)
+
+    def _remove_raw_dir(self) -> None:
+        raw_dir = self._raw_dir()
+        if raw_dir.is_dir():
+            for raw in raw_dir.iterdir():
+                if raw.name.endswith(".bin"):
+                    raw.unlink(missing_ok=True)
+
+    def _remove_raw(self, names: tuple[str, ...]) -> None:
+        for raw in names:
+            (self.path.parent / raw).unlink(missing_ok=True)
+
+    def _raw_files_of(self, name: str) -> tuple[str, ...]:
+        """Raw files that dataset *name* owns (those inside this store's raw directory)."""
+        if name not in self._manifest.arrays or self._manifest.arrays[name].layout != "external":
+            return ()
+        dataset = _hdf5.open_dataset(self._file, name)
+        raw_dir = self._raw_dir()
+        return tuple(
+            str(path.relative_to(self.path.parent))
+            for path, _, _ in _hdf5.external_files(dataset, self.path.parent)
+            if path.parent == raw_dir
+        )
+
+    def write(self, name: str, array: object, *, chunks: bool | tuple[int, ...] | None = None,
+              compression: str | int | Mapping[str, Any] | None = None,
+              appendable: bool = False, overwrite: bool = False) -> ArrayInfo:  # fmt: skip
+        """Store *array* as dataset *name* (``"grp/sub/ds"`` creates the groups).
+
+        * no *chunks* or *compression*: contiguous in the HDF5 file, memory-mappable;
+        * *chunks* (a shape or True) and/or *compression* (``"gzip"``, ``"lzf"``,
+          a filter id, or an ``hdf5plugin`` filter such as ``hdf5plugin.Zstd()``):
+          chunked; ``memmap`` refuses it, ``view`` decodes it;
+        * *appendable* without chunks: contiguous in a raw file beside the HDF5
+          file, growable by :meth:`append`, memory-mappable;
+          with chunks or compression: chunked with an unlimited axis 0.
+
+        The new dataset is complete in the file before it replaces an old one,
+        so a crash never loses what was stored.
+
+        :returns: the new dataset's :class:`ArrayInfo`.
+        :raises ReadOnlyError: the store is open read-only.
+        :raises ArgumentError: a bad name, a scalar, a bad filter, or *name*
+            exists and *overwrite* is false.
+        :raises UnsupportedDtypeError: object, unicode or variable-length dtypes.
+        """
+        self._check_writable(f"write {name!r}")
+        _check_name(name)
+        arr = _as_rows(array, f"array for {name!r}")
+        exists = name in self
+        if exists and not overwrite:
+            raise ArgumentError(
+                f"{name!r} already exists in {self.path.name}: pass overwrite=True to replace "
+                "it, or append() to add rows"
+            )
+        self._check_parents(name)
+        temporary = f"{_TMP_GROUP}/{secrets.token_hex(8)}"
+        raw_name = None
+        try:
+            if appendable and chunks is None and compression is None:
+                raw_name = self._new_raw_name(name)
+                self._write_external(temporary, arr, raw_name)
+            else:
+                self._write_h5(temporary, arr, chunks, compression, appendable)
+            self._file.flush()
+        except BaseException:
+            if temporary in self._file:
+                del self._file[temporary]
+            if raw_name is not None:
+                self._remove_raw((raw_name,))
+            raise
+        described = self._describe(temporary, self._manifest.revision + 1)
+        if isinstance(described, str):
+            del self._file[temporary]
+            raise InvalidStoreError(f"the dataset just written for {name!r} is unreadable: {described}")
+        info = described.model_copy(update={"name": name})
+        self._swap_in(name, temporary, info, exists)
+        return self._manifest.arrays[name]
+
+    def _check_parents(self, name: str) -> None:
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent in self._file and isinstance(self._file[parent], h5py.Dataset):
+                raise ArgumentError(
+                    f"cannot create {name!r}: {parent!r} is a dataset, not a group"
+                )
+        if name in self._file and not isinstance(self._file[name], h5py.Dataset):
+            raise ArgumentError(f"cannot write {name!r}: it is a group of the file")
+
+    def _new_raw_name(self, name: str) -> str:
+        self._raw_dir().mkdir(mode=0o755, exist_ok=True)
+        flat = name.replace("/", ".")
+        return f"{self._raw_dir().name}/{flat}.{secrets.token_hex(4)}.bin"
+
+    def _write_external(self, temporary: str, arr: np.ndarray[Any, Any], raw_name: str) -> None:
+        group = self._file.require_group(_TMP_GROUP)
+        data = np.ascontiguousarray(arr)
+        _write_raw(self.path.parent / raw_name, 0, data)
+        _hdf5.create_external(group, temporary.rsplit("/", 1)[1], data.dtype, data.shape, raw_name)
+
+    def _write_h5(self, temporary: str, arr: np.ndarray[Any, Any], chunks: object,
+                  compression: object, appendable: bool) -> None:  # fmt: skip
+        options: dict[str, Any] = {}
+        if isinstance(compression, Mapping):
+            options.update(compression)
+        elif compression is not None:
+            options["compression"] = compression
+        if chunks is not None:
+            options["chunks"] = chunks
+        if appendable:
+            options["maxshape"] = (None, *arr.shape[1:])
+            options.setdefault("chunks", True)
+        try:
+            self._file.create_dataset(temporary, data=arr, **options)
+        except (ValueError, TypeError, OSError) as err:
+            raise ArgumentError(
+                f"cannot create a dataset with chunks={chunks!r}, compression={compression!r}: "
+                f"{err}"
+            ) from err
+
+    def _swap_in(self, name: str, temporary: str, info: ArrayInfo, exists: bool) -> None:
+        old_raw = self._raw_files_of(name) if exists else ()
+        revision = self._manifest.revision + 1
+        pending = PendingChange(
+            kind="write", name=name, temporary=temporary, info=info, raw_files=old_raw
+        )
+        # Record the change before making it: whoever opens the file after a
+        # crash sees the temporary dataset still there (undo) or gone (redo).
+        write_manifest(self._file, self._manifest.model_copy(
+            update={"pending": pending, "revision": revision}))  # fmt: skip
+        if exists:
+            del self._file[name]
+        self._file.move(temporary, name)
+        arrays = {**self._manifest.arrays, name: info}
+        self._commit(self._manifest.model_copy(
+            update={"arrays": arrays, "pending": None, "revision": revision}))  # fmt: skip
+        self._remove_raw(old_raw)
+
+    def append(self, name: str, rows: object) -> ArrayInfo:
+        """Add *rows* at the end of axis 0 of dataset *name*, creating it if absent.
+
+        A new name becomes an appendable contiguous dataset in a raw file
+        beside the HDF5 file (memory-mappable).  When ``append`` returns, the
+        rows survive a ``kill -9`` of this process at any later moment.
+
+        :returns: the grown dataset's :class:`ArrayInfo`.
+        :raises ReadOnlyError: the store is open read-only.
+        :raises LayoutError: the dataset has a fixed size, or another trailing shape.
+        :raises UnsupportedDtypeError: the rows' dtype differs from the dataset's.
+        """
+        self._check_writable(f"append to {name!r}")
+        if name not in self:
+            _check_name(name)
+            return self.write(name, rows, appendable=True)
+        info = self.info(name)
+        arr = _as_rows(rows, f"rows appended to {name!r}")
+        if not info.appendable:
+            raise LayoutError(
+                f"{name!r} has a fixed size ({info.layout}, {info.rows} rows): rewrite it with "
+                f"store.write({name!r}, data, appendable=True, overwrite=True) to make it "
+                "appendable"
+            )
+        if arr.shape[1:] != info.shape[1:] or arr.ndim != len(info.shape):
+            raise LayoutError(
+                f"rows appended to {name!r} must have shape (n, {', '.join(map(str, info.shape[1:]))}"
+                f"{',' if len(info.shape) == 2 else ''}), got {arr.shape}"
+            )
+        if not np.can_cast(arr.dtype, info.dtype, casting="equiv"):
+            raise UnsupportedDtypeError(
+                f"rows appended to {name!r} have dtype {arr.dtype}, the dataset {info.dtype}: "
+                f"convert them with rows.astype({str(info.dtype)!r}) first"
+            )
+        if len(arr) == 0:
+            return info
+        data = np.ascontiguousarray(arr, dtype=info.dtype)
+        dataset = _hdf5.open_dataset(self._file, name)
+        old, new = info.rows, info.rows + len(data)
+        if info.layout == "external":
+            raw_path, offset, _ = _hdf5.external_files(dataset, self.path.parent)[0]
+            # Rows first, extent second: the extent never covers unwritten bytes.
+            _write_raw(raw_path, offset + old * info.row_nbytes, data)
+            dataset.id.set_extent((new, *info.shape[1:]))
+        else:
+            dataset.resize(new, axis=0)
+            dataset[old:new] = data
+        self._file.flush()
+        revision = self._manifest.revision + 1
+        grown = info.model_copy(update={"shape": (new, *info.shape[1:]), "version": revision})
+        self._commit(self._manifest.model_copy(
+            update={"arrays": {**self._manifest.arrays, name: grown}, "revision": revision}))  # fmt: skip
+        return grown
+
+    def delete(self, name: str) -> None:
+        """Remove dataset *name* (and its raw file, if it has one).
+
+        :raises ReadOnlyError: the store is open read-only.
+        :raises ArrayNotFoundError: no such dataset.
+        """
+        self._check_writable(f"delete {name!r}")
+        if name not in self:
+            self.info(name)
+        raw = self._raw_files_of(name)
+        revision = self._manifest.revision + 1
+        arrays = {k: v for k, v in self._manifest.arrays.items() if k != name}
+        write_manifest(self._file, self._manifest.model_copy(update={
+            "arrays": arrays, "revision": revision,
+            "pending": PendingChange(kind="delete", name=name, raw_files=raw)}))  # fmt: skip
+        del self._file[name]
+        self._unsupported.pop(name, None)
+        self._commit(self._manifest.model_copy(
+            update={"arrays": arrays, "pending": None, "revision": revision}))  # fmt: skip
+        self._remove_raw(raw)
+
+
+def _write_raw(path: Path, offset: int, data: np.ndarray[Any, Any]) -> None:
+    """Write *data*'s bytes into *path* at byte *offset* (the file is created if absent)."""
+    view = memoryview(data.reshape(-1).view(np.uint8)) if data.size else memoryview(b"")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        written = 0
+        while written < len(view):
+            written += os.pwrite(fd, view[written : written + (1 << 30)], offset + written)
+    finally:
+        os.close(fd)
+
+
+def open_store(path: str | os.PathLike[str], mode: str = "r", *,
+               lock_timeout: float = 30.0) -> Store:  # fmt: skip
+    """Open the HDF5 file at *path* as a :class:`Store`.
+
+    :param mode: as in h5py: ``"r"`` read only (the file must exist), ``"r+"``
+        read/write (must exist), ``"a"`` read/write, created if absent,
+        ``"w"`` created or truncated, ``"w-"``/``"x"`` created, must not exist.
+    :param lock_timeout: seconds to wait while another process holds the
+        store's lock (a writer, or readers when opening for writing).
+    :raises StoreNotFoundError: mode ``"r"`` or ``"r+"`` and no file at *path*.
+    :raises InvalidStoreError: the file is not HDF5, or is truncated or damaged.
+    :raises ManifestError: the manifest is invalid or disagrees with the datasets.
+    :raises LockTimeoutError: the lock stayed held for *lock_timeout* seconds.
+    :raises ReadOnlyError: a write mode on a file this user cannot write.
+    """
+    return Store(path, mode, lock_timeout=lock_timeout)

@@ -1,0 +1,79 @@
+"""The read/write lock beside an HDF5 file (``data.h5.lock``).
+
+A store opened for reading holds the shared side for its whole life, one
+opened for writing holds the exclusive side: writers are serialised and a
+reader never sees a manifest half written, nor keeps HDF5 metadata cached
+while another process changes the file under it.  The lock is filelock's
+SQLite-backed :class:`~filelock.ReadWriteLock`, whose locks the kernel drops
+when a holder dies, so a ``kill -9`` never leaves a store locked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+import filelock
+
+from .errors import LockTimeoutError
+
+__all__ = ["StoreLock"]
+
+_log = logging.getLogger("shmstore")
+
+
+class StoreLock:
+    """The shared (``write=False``) or exclusive side of the lock of one store.
+
+    :param path: the HDF5 file; the lock lives at ``<path>.lock``.
+    :param write: take the exclusive side.
+    :param timeout: seconds to wait for the lock.
+    :raises LockTimeoutError: another process held the opposite side longer
+        than *timeout*.
+    :raises PermissionError: *write* and the lock file cannot be created.
+    """
+
+    def __init__(self, path: Path, *, write: bool, timeout: float) -> None:
+        self.path = path.with_name(path.name + ".lock")
+        self._lock: filelock.ReadWriteLock | None = None
+        try:
+            lock = filelock.ReadWriteLock(self.path, timeout=timeout, is_singleton=False)
+            if write:
+                lock.acquire_write()
+            else:
+                lock.acquire_read()
+        except filelock.Timeout as err:
+            held = "open in another process" if write else "open for writing in another process"
+            raise LockTimeoutError(
+                f"{path} stayed {held} for {timeout:g} s "
+                f"(lock {self.path}): close that store, or pass a longer lock_timeout"
+            ) from err
+        except (OSError, sqlite3.Error) as err:
+            if write:
+                raise PermissionError(
+                    f"cannot create the lock {self.path} needed to write {path}: {err}"
+                ) from err
+            # A directory we cannot write to (a shared, read-only data set) has
+            # no writer we could exclude through a lock file anyway.
+            _log.debug("reading %s without a lock: %s", path, err)
+            return
+        self._lock = lock
+
+    def release(self) -> None:
+        """Release the lock (idempotent, safe in a finaliser)."""
+        lock, self._lock = self._lock, None
+        if lock is None:
+            return
+        try:
+            lock.release(force=True)
+        finally:
+            lock.close()
+
+    @staticmethod
+    def remove_stale(path: Path) -> None:
+        """Remove ``<path>.lock`` if it is there (after the store itself was removed)."""
+        lock_path = path.with_name(path.name + ".lock")
+        if lock_path.exists():
+            os.unlink(lock_path)
