@@ -21,6 +21,7 @@ from .manifest import ArrayInfo, Layout
 __all__ = [
     "FILTER_NAMES",
     "create_external",
+    "data_ranges",
     "describe",
     "external_files",
     "open_dataset",
@@ -141,3 +142,27 @@ def create_external(
     type_id = h5t.py_create(dtype, logical=True)
     dataset_id = h5d.create(group.id, name.encode(), type_id, space, dcpl=dcpl, dapl=_DAPL)
     return h5py.Dataset(dataset_id)
+
+
+def data_ranges(dataset: h5py.Dataset) -> list[tuple[int, int]]:
+    """Byte ranges ``(start, stop)`` of the HDF5 file holding *dataset*'s data.
+
+    Contiguous storage is one range, chunked storage one per written chunk;
+    compact and external storage hold no data range of their own.
+    """
+    dsid = dataset.id
+    layout = dsid.get_create_plist().get_layout()
+    if layout == h5d.CONTIGUOUS:
+        offset = dsid.get_offset()
+        size = dsid.get_storage_size()
+        return [(offset, offset + size)] if offset is not None and size else []
+    if layout != h5d.CHUNKED:
+        return []
+    ranges: list[tuple[int, int]] = []
+    if hasattr(dsid, "chunk_iter"):
+        dsid.chunk_iter(lambda info: ranges.append((info.byte_offset, info.byte_offset + info.size)))
+        return ranges
+    for index in range(dsid.get_num_chunks()):
+        info = dsid.get_chunk_info(index)
+        ranges.append((info.byte_offset, info.byte_offset + info.size))
+    return ranges

@@ -11,9 +11,11 @@ Crash behaviour (DESIGN.md invariant 8) rests on four choices made here:
   manifest entry: that is recognised on open as an append that never
   returned, and its complete rows are kept.
 * The manifest is written whole, twice (see ``_manifest_io``).
-* ``write`` and ``delete`` record a :class:`~shmstore.manifest.PendingChange`
-  before they swap or unlink a dataset, so the next open knows on which side
-  of the swap a killed writer left the file, and finishes or undoes it.
+* ``write`` and ``delete`` create and unlink HDF5 objects, whose metadata
+  flush is not crash-safe in any order; they run under an undo journal
+  (``_journal``) and are rolled back whole if their writer dies.  Replaced
+  and deleted datasets go to a trash group inside the change and are freed
+  in a second journaled step, so the journal never copies their data.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import secrets
 import time
 import weakref
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -34,6 +37,7 @@ import numpy as np
 
 from . import _hdf5
 from ._dtype import check_supported
+from ._journal import JournalingFile, journal_path, rollback
 from ._manifest_io import has_manifest, read_manifest, write_manifest
 from ._memmap import map_rows, source_block
 from ._rows import resolve_rows
@@ -49,7 +53,7 @@ from .errors import (
     StoreNotFoundError,
     UnsupportedDtypeError,
 )
-from .manifest import ArrayInfo, Manifest, PendingChange
+from .manifest import ArrayInfo, Manifest
 
 __all__ = ["Mode", "Store", "open_store"]
 
@@ -119,12 +123,16 @@ class Store:
         if exists and self.path.is_dir():
             raise InvalidStoreError(f"{self.path} is a directory, not an HDF5 file")
         self._lock = StoreLock(self.path, write=self.writable, timeout=lock_timeout)
+        # The finaliser closes whichever h5py.File is current: a change swaps it.
+        self._handle: dict[str, h5py.File] = {}
         try:
-            self._file = self._open_file(exists)
+            if exists:
+                self._recover(lock_timeout)
+            self._handle["file"] = self._open_file(exists)
         except BaseException:
             self._lock.release()
             raise
-        self._finalizer = weakref.finalize(self, Store._release, self._file, self._lock)
+        self._finalizer = weakref.finalize(self, Store._release, self._handle, self._lock)
         self._closed = False
         try:
             self._load()
@@ -133,6 +141,32 @@ class Store:
             raise
 
     # -- opening -------------------------------------------------------------
+
+    @property
+    def _file(self) -> h5py.File:
+        return self._handle["file"]
+
+    def _recover(self, lock_timeout: float) -> None:
+        """Roll back a change whose writer died (its journal is still there)."""
+        if not journal_path(self.path).exists():
+            return
+        if not self.writable:
+            # Rolling back needs the exclusive side; no writer holds it, or
+            # we would not hold the shared one.
+            self._lock.release()
+            self._lock = StoreLock(self.path, write=True, timeout=lock_timeout)
+        try:
+            if rollback(self.path):
+                _log.warning("%s: rolled back a write or delete whose writer died", self.path)
+        except OSError as err:
+            raise InvalidStoreError(
+                f"{self.path} has an unfinished change ({journal_path(self.path).name}) that "
+                f"cannot be rolled back here ({err}): open it once with mode 'a' as its owner"
+            ) from err
+        finally:
+            if not self.writable:
+                self._lock.release()
+                self._lock = StoreLock(self.path, write=False, timeout=lock_timeout)
 
     def _open_file(self, exists: bool) -> h5py.File:
         if exists and not h5py.is_hdf5(self.path) and self.mode != "w":
@@ -177,7 +211,9 @@ class Store:
                 live[name] = described
         self._manifest = self._reconcile(stored, live)
         if self.writable and stored is not None and self._needs_repair(stored):
-            self._repair(stored)
+            self._repair()
+        if self.writable:
+            self._tidy()
 
     def _describe(self, name: str, version: int = 0) -> ArrayInfo | str:
         try:
@@ -189,18 +225,8 @@ class Store:
         """The manifest to serve: *stored* checked against the *live* datasets."""
         if stored is None:
             return Manifest(inferred=True, arrays=live)
-        arrays = dict(stored.arrays)
-        pending = stored.pending
-        hidden: set[str] = set()
-        if pending is not None:
-            swapped = pending.temporary is None or pending.temporary not in self._file
-            if pending.kind == "write" and swapped and pending.info is not None:
-                arrays[pending.name] = pending.info
-            elif pending.kind == "delete":
-                arrays.pop(pending.name, None)
-                hidden.add(pending.name)
         result: dict[str, ArrayInfo] = {}
-        for name, info in arrays.items():
+        for name, info in stored.arrays.items():
             if name in self._unsupported:
                 raise ManifestError(f"manifest lists {name!r}, but {self._unsupported[name]}")
             found = live.get(name)
@@ -212,7 +238,7 @@ class Store:
                 )
             result[name] = self._checked(info, found)
         for name, found in live.items():
-            if name not in result and name not in hidden:
+            if name not in result:
                 result[name] = found  # added by another tool: served as inferred
         return stored.model_copy(update={"arrays": result, "inferred": False})
 
@@ -240,31 +266,37 @@ class Store:
         )
 
     def _needs_repair(self, stored: Manifest) -> bool:
-        return (
-            stored.pending is not None
-            or _TMP_GROUP in self._file
-            or any(
-                stored.arrays.get(name) is None or stored.arrays[name].shape != info.shape
-                for name, info in self._manifest.arrays.items()
-            )
+        return any(
+            stored.arrays.get(name) is None or stored.arrays[name].shape != info.shape
+            for name, info in self._manifest.arrays.items()
         )
 
-    def _repair(self, stored: Manifest) -> None:
-        """Finish what a killed writer left: unlink leftovers, store a true manifest."""
-        _log.warning("%s: finishing a change interrupted by a killed writer", self.path)
-        pending = stored.pending
-        if pending is not None and pending.kind == "delete" and pending.name in self._file:
-            del self._file[pending.name]
-        if _TMP_GROUP in self._file:
-            del self._file[_TMP_GROUP]
-        self._commit(self._manifest.model_copy(update={"revision": self._manifest.revision + 1}))
-        if pending is not None:
-            self._remove_raw(pending.raw_files)
+    def _repair(self) -> None:
+        """Record in the manifest the rows of an append whose writer died."""
+        self._set_manifest(self._manifest.model_copy(update={"revision": self._manifest.revision + 1}))
+        self._touch()
+
+    def _tidy(self) -> None:
+        """Free what a killed writer left: trashed datasets, unreferenced raw files."""
+        if len(self._file.get(_TMP_GROUP, ())) > 0:
+            self._empty_trash()
+        raw_dir = self._raw_dir()
+        if not raw_dir.is_dir():
+            return
+        referenced: set[Path] = set()
+        for name in _hdf5.walk_datasets(self._file, skip=""):
+            dataset = _hdf5.open_dataset(self._file, name)
+            referenced.update(p for p, _, _ in _hdf5.external_files(dataset, self.path.parent))
+        for raw in raw_dir.glob("*.bin"):
+            if raw not in referenced:
+                _log.info("%s: removing the unreferenced raw file %s", self.path, raw.name)
+                raw.unlink(missing_ok=True)
 
     @staticmethod
-    def _release(file: h5py.File, lock: StoreLock) -> None:
+    def _release(handle: dict[str, h5py.File], lock: StoreLock) -> None:
         try:
-            if file.id.valid:
+            file = handle.get("file")
+            if file is not None and file.id.valid:
                 file.close()
         finally:
             lock.release()
@@ -402,15 +434,70 @@ class Store:
                 "open it with mode 'a' or 'r+' to change it"
             )
 
-    def _commit(self, manifest: Manifest) -> None:
-        """Store *manifest* and make the change visible to every stat of the file."""
+    def _set_manifest(self, manifest: Manifest) -> None:
         write_manifest(self._file, manifest)
         self._manifest = manifest.model_copy(update={"inferred": False})
-        # The file's stat identity (size, mtime in ns) tells caches that the
-        # data changed; the kernel's coarse clock can leave mtime unchanged
-        # for two writes within a tick, so move it forward explicitly.
+
+    def _touch(self) -> None:
+        """Make a change visible to every ``stat`` of the file.
+
+        The file's identity (size, mtime in ns) tells caches that its data
+        changed; the kernel's coarse clock can leave mtime unchanged for two
+        writes within one tick, so move it forward explicitly.
+        """
         stat = os.stat(self.path)
         os.utime(self.path, ns=(stat.st_atime_ns, max(time.time_ns(), stat.st_mtime_ns + 1)))
+
+    @contextmanager
+    def _change(self, expendable: list[tuple[int, int]] | None = None) -> Iterator[None]:
+        """Run a change that creates or unlinks objects: all of it, or none of it.
+
+        HDF5 runs on a :class:`JournalingFile` for the change, and the file is
+        closed (HDF5's last metadata written) before the journal is dropped.
+        On an exception the file is rolled back and the store's state restored.
+        """
+        manifest, unsupported = self._manifest, dict(self._unsupported)
+        self._file.close()
+        journaled = JournalingFile(self.path, expendable or ())
+        try:
+            self._handle["file"] = h5py.File(journaled, "r+")
+            yield
+            self._file.close()
+            journaled.commit()
+        except BaseException:
+            if self._file.id.valid:
+                self._file.close()
+            journaled.close()
+            rollback(self.path)
+            self._manifest, self._unsupported = manifest, unsupported
+            raise
+        finally:
+            journaled.close()
+            self._handle["file"] = h5py.File(self.path, "r+", locking=False)
+
+    def _trash_name(self) -> str:
+        return f"{_TMP_GROUP}/{secrets.token_hex(8)}"
+
+    def _empty_trash(self) -> None:
+        """Free the datasets a change moved to the trash (their data need not be journaled)."""
+        trash = self._file.get(_TMP_GROUP)
+        if trash is None or len(trash) == 0:
+            return
+        names = [f"{_TMP_GROUP}/{child}" for child in trash]
+        expendable = [
+            span
+            for name in names
+            if isinstance(self._file[name], h5py.Dataset)
+            for span in _hdf5.data_ranges(self._file[name])
+        ]
+        with self._change(expendable):
+            for name in names:
+                del self._file[name]
+
+    def _after_change(self, old_raw: tuple[str, ...]) -> None:
+        self._empty_trash()
+        self._remove_raw(old_raw)
+        self._touch()
 
     def _raw_dir(self) -> Path:
         return self.path.with_name(self.path.name + _RAW_SUFFIX)
@@ -470,28 +557,33 @@ class Store:
                 "it, or append() to add rows"
             )
         self._check_parents(name)
-        temporary = f"{_TMP_GROUP}/{secrets.token_hex(8)}"
-        raw_name = None
+        old_raw = self._raw_files_of(name) if exists else ()
+        external = appendable and chunks is None and compression is None
+        raw_name = self._new_raw_name(name) if external else None
+        revision = self._manifest.revision + 1
         try:
-            if appendable and chunks is None and compression is None:
-                raw_name = self._new_raw_name(name)
-                self._write_external(temporary, arr, raw_name)
-            else:
-                self._write_h5(temporary, arr, chunks, compression, appendable)
-            self._file.flush()
+            with self._change():
+                temporary = self._trash_name()
+                if raw_name is not None:
+                    self._write_external(temporary, arr, raw_name)
+                else:
+                    self._write_h5(temporary, arr, chunks, compression, appendable)
+                described = self._describe(temporary, revision)
+                if isinstance(described, str):
+                    raise InvalidStoreError(f"the dataset written for {name!r} is unreadable: {described}")
+                if exists:
+                    self._file.move(name, self._trash_name())
+                self._file.move(temporary, name)
+                info = described.model_copy(update={"name": name})
+                self._set_manifest(self._manifest.model_copy(update={
+                    "arrays": {**self._manifest.arrays, name: info}, "revision": revision}))  # fmt: skip
         except BaseException:
-            if temporary in self._file:
-                del self._file[temporary]
             if raw_name is not None:
                 self._remove_raw((raw_name,))
             raise
-        described = self._describe(temporary, self._manifest.revision + 1)
-        if isinstance(described, str):
-            del self._file[temporary]
-            raise InvalidStoreError(f"the dataset just written for {name!r} is unreadable: {described}")
-        info = described.model_copy(update={"name": name})
-        self._swap_in(name, temporary, info, exists)
-        return self._manifest.arrays[name]
+        self._unsupported.pop(name, None)
+        self._after_change(old_raw)
+        return info
 
     def _check_parents(self, name: str) -> None:
         parts = name.split("/")
@@ -534,24 +626,6 @@ class Store:
                 f"cannot create a dataset with chunks={chunks!r}, compression={compression!r}: "
                 f"{err}"
             ) from err
-
-    def _swap_in(self, name: str, temporary: str, info: ArrayInfo, exists: bool) -> None:
-        old_raw = self._raw_files_of(name) if exists else ()
-        revision = self._manifest.revision + 1
-        pending = PendingChange(
-            kind="write", name=name, temporary=temporary, info=info, raw_files=old_raw
-        )
-        # Record the change before making it: whoever opens the file after a
-        # crash sees the temporary dataset still there (undo) or gone (redo).
-        write_manifest(self._file, self._manifest.model_copy(
-            update={"pending": pending, "revision": revision}))  # fmt: skip
-        if exists:
-            del self._file[name]
-        self._file.move(temporary, name)
-        arrays = {**self._manifest.arrays, name: info}
-        self._commit(self._manifest.model_copy(
-            update={"arrays": arrays, "pending": None, "revision": revision}))  # fmt: skip
-        self._remove_raw(old_raw)
 
     def append(self, name: str, rows: object) -> ArrayInfo:
         """Add *rows* at the end of axis 0 of dataset *name*, creating it if absent.
@@ -603,8 +677,9 @@ class Store:
         self._file.flush()
         revision = self._manifest.revision + 1
         grown = info.model_copy(update={"shape": (new, *info.shape[1:]), "version": revision})
-        self._commit(self._manifest.model_copy(
+        self._set_manifest(self._manifest.model_copy(
             update={"arrays": {**self._manifest.arrays, name: grown}, "revision": revision}))  # fmt: skip
+        self._touch()
         return grown
 
     def delete(self, name: str) -> None:
@@ -617,16 +692,13 @@ class Store:
         if name not in self:
             self.info(name)
         raw = self._raw_files_of(name)
-        revision = self._manifest.revision + 1
         arrays = {k: v for k, v in self._manifest.arrays.items() if k != name}
-        write_manifest(self._file, self._manifest.model_copy(update={
-            "arrays": arrays, "revision": revision,
-            "pending": PendingChange(kind="delete", name=name, raw_files=raw)}))  # fmt: skip
-        del self._file[name]
+        with self._change():
+            self._file.move(name, self._trash_name())
+            self._set_manifest(self._manifest.model_copy(
+                update={"arrays": arrays, "revision": self._manifest.revision + 1}))  # fmt: skip
         self._unsupported.pop(name, None)
-        self._commit(self._manifest.model_copy(
-            update={"arrays": arrays, "pending": None, "revision": revision}))  # fmt: skip
-        self._remove_raw(raw)
+        self._after_change(raw)
 
 
 def _write_raw(path: Path, offset: int, data: np.ndarray[Any, Any]) -> None:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validat
 
 from ._dtype import DType
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "ArrayInfo", "Layout", "Manifest", "PendingChange"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "ArrayInfo", "Layout", "Manifest"]
 
 FORMAT = "shmstore-manifest"
 FORMAT_VERSION = 1
@@ -94,26 +94,6 @@ class ArrayInfo(BaseModel):
         return self
 
 
-class PendingChange(BaseModel):
-    """A change that was under way when the manifest was last written.
-
-    A ``write`` builds the new dataset under ``temporary``, records this,
-    swaps it in, then writes the manifest again without it; a ``delete``
-    records this, then unlinks.  A writer killed in between leaves this
-    behind, and whoever opens the file next can tell which side of the swap
-    the file is on: ``temporary`` still present means the swap never happened.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kind: Literal["write", "delete"]
-    name: _Name
-    temporary: str | None = None
-    info: ArrayInfo | None = None
-    raw_files: tuple[str, ...] = ()
-    """Raw files beside the HDF5 file to remove once the change is complete."""
-
-
 class Manifest(BaseModel):
     """Everything a store holds, keyed by dataset path (``"grp/sub/ds"``).
 
@@ -129,7 +109,6 @@ class Manifest(BaseModel):
     revision: NonNegativeInt = 0
     inferred: bool = False
     arrays: dict[_Name, ArrayInfo] = Field(default_factory=dict)
-    pending: PendingChange | None = None
 
     @model_validator(mode="after")
     def _keys_are_names(self) -> Manifest:
