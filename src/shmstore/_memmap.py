@@ -34,7 +34,7 @@ def source_block(dataset: h5py.Dataset, info: ArrayInfo, file_path: Path) -> tup
         detail = f", compressed with {info.compression}" if info.compression else ""
         raise NotContiguousError(
             f"{info.name!r} is stored {info.layout}{detail}, so it cannot be memory-mapped: "
-            "use read() or view(), or rewrite it with store.write(name, data, overwrite=True) "
+            "use read(), or rewrite it with store.write(name, data, overwrite=True) "
             "to make it contiguous"
         )
     if info.layout == "external":
@@ -42,7 +42,7 @@ def source_block(dataset: h5py.Dataset, info: ArrayInfo, file_path: Path) -> tup
         if len(files) != 1:
             raise NotContiguousError(
                 f"{info.name!r} is spread over {len(files)} external files, so it cannot be "
-                "memory-mapped as one block: use read() or view()"
+                "memory-mapped as one block: use read()"
             )
         raw_path, offset, _size = files[0]
         try:

@@ -1,7 +1,8 @@
 """Row ranges: what a user may pass as ``rows`` and its arithmetic.
 
 ``rows`` is ``None`` (every row), a ``slice`` with step 1 (or ``None``), or a
-``(start, stop)`` tuple of integers.  Negative indices count from the end, as
+``(start, stop)`` tuple of integers, either of which may be ``None`` (the
+start or the end, as in a slice).  Negative indices count from the end, as
 in numpy.  Unlike numpy slicing nothing is clipped: a bound outside
 ``[-length, length]`` is an error, because a silently shorter slice in a
 scientific job is a wrong result found weeks later.
@@ -16,7 +17,7 @@ from .errors import RowsError
 
 __all__ = ["RowsLike", "byte_range", "resolve_rows"]
 
-RowsLike = slice | tuple[int, int] | None
+RowsLike = slice | tuple[int | None, int | None] | None
 """What the public API accepts as ``rows``."""
 
 
@@ -65,8 +66,8 @@ def resolve_rows(rows: object, length: int, name: str) -> tuple[int, int]:
             raise RowsError(
                 f"rows for {name!r} as a tuple must be (start, stop), got {len(rows)} items"
             )
-        start_raw = _index(rows[0], "start", name)
-        stop_raw = _index(rows[1], "stop", name)
+        start_raw = 0 if rows[0] is None else _index(rows[0], "start", name)
+        stop_raw = length if rows[1] is None else _index(rows[1], "stop", name)
     else:
         raise RowsError(
             f"rows for {name!r} must be None, a slice or a (start, stop) tuple, "

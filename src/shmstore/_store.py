@@ -533,7 +533,7 @@ class Store:
         * no *chunks* or *compression*: contiguous in the HDF5 file, memory-mappable;
         * *chunks* (a shape or True) and/or *compression* (``"gzip"``, ``"lzf"``,
           a filter id, or an ``hdf5plugin`` filter such as ``hdf5plugin.Zstd()``):
-          chunked; ``memmap`` refuses it, ``view`` decodes it;
+          chunked; ``memmap`` refuses it, ``read`` decodes it;
         * *appendable* without chunks: contiguous in a raw file beside the HDF5
           file, growable by :meth:`append`, memory-mappable;
           with chunks or compression: chunked with an unlimited axis 0.

@@ -64,12 +64,8 @@ class StoreLock:
     def release(self) -> None:
         """Release the lock (idempotent, safe in a finaliser)."""
         lock, self._lock = self._lock, None
-        if lock is None:
-            return
-        try:
-            lock.release(force=True)
-        finally:
-            lock.close()
+        if lock is not None:
+            lock.close()  # releases every level held, then closes its SQLite connection
 
     @staticmethod
     def remove_stale(path: Path) -> None:

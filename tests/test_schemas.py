@@ -1,0 +1,63 @@
+"""The JSON Schemas in ``schemas/`` are generated from the models and describe real manifests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import jsonschema
+import numpy as np
+import pytest
+
+import shmstore
+from shmstore._manifest_io import MANIFEST_ATTR
+from shmstore._schemas import MODELS, main, render
+
+SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+
+
+@pytest.mark.parametrize("filename", sorted(MODELS))
+def test_committed_schema_matches_the_model(filename: str) -> None:
+    committed = (SCHEMAS / filename).read_text()
+    assert committed == render(MODELS[filename]), (
+        f"schemas/{filename} drifted from its model: run python -m shmstore._schemas"
+    )
+
+
+def test_schema_check_command_fails_on_drift(tmp_path: Path) -> None:
+    assert main(["--out", str(tmp_path)]) == 0
+    assert main(["--out", str(tmp_path), "--check"]) == 0
+    (tmp_path / "manifest.schema.json").write_text("{}\n")
+    assert main(["--out", str(tmp_path), "--check"]) == 1
+
+
+def _stored_manifest(path: Path) -> dict[str, object]:
+    with h5py.File(path, "r") as file:
+        return json.loads(bytes(file.attrs[MANIFEST_ATTR]).decode())  # type: ignore[no-any-return]
+
+
+def test_a_stored_manifest_is_valid_against_the_schema(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    compound = np.zeros(3, dtype=[("t", ">f8"), ("xyz", "<i2", (3,)), ("tag", "S4")])
+    with shmstore.open(path, "w") as store:
+        store.write("a/b", np.arange(12.0).reshape(4, 3))
+        store.write("c", compound, compression="gzip")
+        store.append("d", np.arange(8, dtype=">i4").reshape(4, 2))
+    schema = json.loads((SCHEMAS / "manifest.schema.json").read_text())
+    jsonschema.validate(_stored_manifest(path), schema)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("revision", -1), ("format", "other"), ("arrays", [])],
+    ids=["negative-revision", "foreign-format", "arrays-not-an-object"],
+)
+def test_the_schema_rejects_a_damaged_manifest(tmp_path: Path, field: str, value: object) -> None:
+    path = tmp_path / "s.h5"
+    with shmstore.open(path, "w") as store:
+        store.write("x", np.arange(4))
+    document = {**_stored_manifest(path), field: value}
+    schema = json.loads((SCHEMAS / "manifest.schema.json").read_text())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(document, schema)
