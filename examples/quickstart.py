@@ -47,7 +47,8 @@ def main(directory: Path) -> None:
         started = time.perf_counter()
         mapped = store.memmap("activations", rows=(-500, None))
         map_us = (time.perf_counter() - started) * 1e6
-        assert np.array_equal(mapped, activations[-500:]) and not mapped.flags.writeable
+        assert np.array_equal(mapped, activations[-500:])
+        assert not mapped.flags.writeable
 
         tail = store.memmap("run1/spikes", rows=(9_990, 10_000))
         assert np.array_equal(tail, spikes[9_990:])

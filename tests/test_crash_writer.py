@@ -82,7 +82,9 @@ def test_invariant_8_acknowledged_appends_survive_kill_9_of_the_writer(
 
 STRACE = shutil.which("strace")
 needs_strace = pytest.mark.skipif(
-    not (STRACE and subprocess.run([STRACE, "-o", os.devnull, "true"], check=False).returncode == 0),
+    not (
+        STRACE and subprocess.run([STRACE, "-o", os.devnull, "true"], check=False).returncode == 0
+    ),
     reason="needs a working strace (ptrace) to kill at an exact write",
 )
 
@@ -91,12 +93,24 @@ def _run_killed_at(nth: int, *args: str) -> subprocess.CompletedProcess[str]:
     """Run the writer with ``args``, SIGKILLed by strace at its *nth* ``pwrite``."""
     assert STRACE is not None
     return subprocess.run(
-        [STRACE, "-o", os.devnull, "-e", "trace=pwrite64",
-         "-e", f"inject=pwrite64:signal=SIGKILL:when={nth}",
-         sys.executable, str(WRITER), *args],
-        capture_output=True, text=True, timeout=60, check=False,
+        [
+            STRACE,
+            "-o",
+            os.devnull,
+            "-e",
+            "trace=pwrite64",
+            "-e",
+            f"inject=pwrite64:signal=SIGKILL:when={nth}",
+            sys.executable,
+            str(WRITER),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
         env={**os.environ, "PYTHONPATH": str(WRITER.parent)},
-    )  # fmt: skip
+    )
 
 
 @needs_strace

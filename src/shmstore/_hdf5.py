@@ -29,9 +29,20 @@ __all__ = [
 ]
 
 # HDF5's registered filter ids; a filter not listed is named by HDF5 itself.
-FILTER_NAMES = {1: "gzip", 2: "shuffle", 3: "fletcher32", 4: "szip", 5: "nbit",
-                6: "scaleoffset", 32000: "lzf", 32001: "blosc", 32004: "lz4",
-                32008: "bitshuffle", 32015: "zstd", 32026: "blosc2"}  # fmt: skip
+FILTER_NAMES = {
+    1: "gzip",
+    2: "shuffle",
+    3: "fletcher32",
+    4: "szip",
+    5: "nbit",
+    6: "scaleoffset",
+    32000: "lzf",
+    32001: "blosc",
+    32004: "lz4",
+    32008: "bitshuffle",
+    32015: "zstd",
+    32026: "blosc2",
+}
 _NOT_COMPRESSION = frozenset({2, 3})
 
 _DAPL = h5p.create(h5p.DATASET_ACCESS)
@@ -93,7 +104,7 @@ def describe(dataset: h5py.Dataset, name: str, version: int = 0) -> ArrayInfo | 
     dcpl = dataset.id.get_create_plist()
     layout = _layout(dcpl)
     compression, level = _compression(dcpl) if layout == "chunked" else (None, None)
-    maxshape = dataset.maxshape or ()
+    maxshape: tuple[int | None, ...] = tuple(dataset.maxshape or ())
     appendable = bool(maxshape) and maxshape[0] is None and layout in ("external", "chunked")
     return ArrayInfo(
         name=name,
@@ -160,7 +171,9 @@ def data_ranges(dataset: h5py.Dataset) -> list[tuple[int, int]]:
         return []
     ranges: list[tuple[int, int]] = []
     if hasattr(dsid, "chunk_iter"):
-        dsid.chunk_iter(lambda info: ranges.append((info.byte_offset, info.byte_offset + info.size)))
+        dsid.chunk_iter(
+            lambda info: ranges.append((info.byte_offset, info.byte_offset + info.size))
+        )
         return ranges
     for index in range(dsid.get_num_chunks()):
         info = dsid.get_chunk_info(index)

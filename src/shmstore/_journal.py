@@ -150,7 +150,7 @@ class JournalingFile(io.RawIOBase):
         self._pos += done
         return done
 
-    def write(self, data: ReadableBuffer) -> int:  # type: ignore[override]
+    def write(self, data: ReadableBuffer) -> int:
         view = memoryview(data).cast("B")
         self._save(self._pos, self._pos + len(view))
         done = 0

@@ -50,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
             args.out.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
     if stale:
-        print(f"schemas out of date: {', '.join(stale)}; run python -m shmstore._schemas",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"schemas out of date: {', '.join(stale)}; run python -m shmstore._schemas",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

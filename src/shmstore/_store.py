@@ -38,7 +38,7 @@ import numpy as np
 from . import _hdf5
 from ._dtype import check_supported
 from ._journal import JournalingFile, journal_path, rollback
-from ._manifest_io import has_manifest, read_manifest, write_manifest
+from ._manifest_io import read_manifest, write_manifest
 from ._memmap import map_rows, source_block
 from ._rows import resolve_rows
 from ._store_lock import StoreLock
@@ -105,10 +105,13 @@ class Store:
     change half made.  Use it as a context manager, or call :meth:`close`.
     """
 
-    def __init__(self, path: str | os.PathLike[str], mode: str = "r", *,
-                 lock_timeout: float = 30.0) -> None:  # fmt: skip
+    def __init__(
+        self, path: str | os.PathLike[str], mode: str = "r", *, lock_timeout: float = 30.0
+    ) -> None:
         if mode not in _MODES:
-            raise ArgumentError(f"mode must be one of {', '.join(_MODES)} (as in h5py), got {mode!r}")
+            raise ArgumentError(
+                f"mode must be one of {', '.join(_MODES)} (as in h5py), got {mode!r}"
+            )
         self.path = Path(os.path.abspath(os.fspath(path)))
         self.mode = mode
         self.writable = mode != "r"
@@ -257,8 +260,11 @@ class Store:
             # (written before the extent), so they are kept.
             _log.warning(
                 "%s: %r has %d rows, its manifest %d: keeping the rows of an interrupted append",
-                self.path, info.name, found.shape[0], info.shape[0],
-            )  # fmt: skip
+                self.path,
+                info.name,
+                found.shape[0],
+                info.shape[0],
+            )
             return found.model_copy(update={"version": info.version})
         raise ManifestError(
             f"manifest says {info.name!r} has shape {info.shape}, the file holds {found.shape}: "
@@ -273,7 +279,9 @@ class Store:
 
     def _repair(self) -> None:
         """Record in the manifest the rows of an append whose writer died."""
-        self._set_manifest(self._manifest.model_copy(update={"revision": self._manifest.revision + 1}))
+        self._set_manifest(
+            self._manifest.model_copy(update={"revision": self._manifest.revision + 1})
+        )
         self._touch()
 
     def _tidy(self) -> None:
@@ -311,8 +319,12 @@ class Store:
     def __enter__(self) -> Store:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -327,7 +339,7 @@ class Store:
 
     @property
     def manifest(self) -> Manifest:
-        """The :class:`~shmstore.manifest.Manifest`: every served dataset, checked against the file."""
+        """The :class:`~shmstore.manifest.Manifest` of every served dataset, checked on open."""
         self._check_open()
         return self._manifest
 
@@ -422,7 +434,10 @@ class Store:
         """The files whose bytes make up dataset *name*: the HDF5 file and any raw files."""
         self.info(name)
         dataset = _hdf5.open_dataset(self._file, name)
-        return [self.path, *(path for path, _, _ in _hdf5.external_files(dataset, self.path.parent))]
+        return [
+            self.path,
+            *(path for path, _, _ in _hdf5.external_files(dataset, self.path.parent)),
+        ]
 
     # -- writing -------------------------------------------------------------
 
@@ -525,9 +540,16 @@ class Store:
             if path.parent == raw_dir
         )
 
-    def write(self, name: str, array: object, *, chunks: bool | tuple[int, ...] | None = None,
-              compression: str | int | Mapping[str, Any] | None = None,
-              appendable: bool = False, overwrite: bool = False) -> ArrayInfo:  # fmt: skip
+    def write(
+        self,
+        name: str,
+        array: object,
+        *,
+        chunks: bool | tuple[int, ...] | None = None,
+        compression: str | int | Mapping[str, Any] | None = None,
+        appendable: bool = False,
+        overwrite: bool = False,
+    ) -> ArrayInfo:
         """Store *array* as dataset *name* (``"grp/sub/ds"`` creates the groups).
 
         * no *chunks* or *compression*: contiguous in the HDF5 file, memory-mappable;
@@ -570,13 +592,21 @@ class Store:
                     self._write_h5(temporary, arr, chunks, compression, appendable)
                 described = self._describe(temporary, revision)
                 if isinstance(described, str):
-                    raise InvalidStoreError(f"the dataset written for {name!r} is unreadable: {described}")
+                    raise InvalidStoreError(
+                        f"the dataset written for {name!r} is unreadable: {described}"
+                    )
                 if exists:
                     self._file.move(name, self._trash_name())
                 self._file.move(temporary, name)
                 info = described.model_copy(update={"name": name})
-                self._set_manifest(self._manifest.model_copy(update={
-                    "arrays": {**self._manifest.arrays, name: info}, "revision": revision}))  # fmt: skip
+                self._set_manifest(
+                    self._manifest.model_copy(
+                        update={
+                            "arrays": {**self._manifest.arrays, name: info},
+                            "revision": revision,
+                        }
+                    )
+                )
         except BaseException:
             if raw_name is not None:
                 self._remove_raw((raw_name,))
@@ -590,9 +620,7 @@ class Store:
         for depth in range(1, len(parts)):
             parent = "/".join(parts[:depth])
             if parent in self._file and isinstance(self._file[parent], h5py.Dataset):
-                raise ArgumentError(
-                    f"cannot create {name!r}: {parent!r} is a dataset, not a group"
-                )
+                raise ArgumentError(f"cannot create {name!r}: {parent!r} is a dataset, not a group")
         if name in self._file and not isinstance(self._file[name], h5py.Dataset):
             raise ArgumentError(f"cannot write {name!r}: it is a group of the file")
 
@@ -607,8 +635,14 @@ class Store:
         _write_raw(self.path.parent / raw_name, 0, data)
         _hdf5.create_external(group, temporary.rsplit("/", 1)[1], data.dtype, data.shape, raw_name)
 
-    def _write_h5(self, temporary: str, arr: np.ndarray[Any, Any], chunks: object,
-                  compression: object, appendable: bool) -> None:  # fmt: skip
+    def _write_h5(
+        self,
+        temporary: str,
+        arr: np.ndarray[Any, Any],
+        chunks: object,
+        compression: object,
+        appendable: bool,
+    ) -> None:
         options: dict[str, Any] = {}
         if isinstance(compression, Mapping):
             options.update(compression)
@@ -652,9 +686,10 @@ class Store:
                 "appendable"
             )
         if arr.shape[1:] != info.shape[1:] or arr.ndim != len(info.shape):
+            wanted = ("n", *info.shape[1:])
             raise LayoutError(
-                f"rows appended to {name!r} must have shape (n, {', '.join(map(str, info.shape[1:]))}"
-                f"{',' if len(info.shape) == 2 else ''}), got {arr.shape}"
+                f"rows appended to {name!r} must have shape ({', '.join(map(str, wanted))}) "
+                f"like its rows, got {arr.shape}"
             )
         if not np.can_cast(arr.dtype, info.dtype, casting="equiv"):
             raise UnsupportedDtypeError(
@@ -677,8 +712,11 @@ class Store:
         self._file.flush()
         revision = self._manifest.revision + 1
         grown = info.model_copy(update={"shape": (new, *info.shape[1:]), "version": revision})
-        self._set_manifest(self._manifest.model_copy(
-            update={"arrays": {**self._manifest.arrays, name: grown}, "revision": revision}))  # fmt: skip
+        self._set_manifest(
+            self._manifest.model_copy(
+                update={"arrays": {**self._manifest.arrays, name: grown}, "revision": revision}
+            )
+        )
         self._touch()
         return grown
 
@@ -695,15 +733,18 @@ class Store:
         arrays = {k: v for k, v in self._manifest.arrays.items() if k != name}
         with self._change():
             self._file.move(name, self._trash_name())
-            self._set_manifest(self._manifest.model_copy(
-                update={"arrays": arrays, "revision": self._manifest.revision + 1}))  # fmt: skip
+            self._set_manifest(
+                self._manifest.model_copy(
+                    update={"arrays": arrays, "revision": self._manifest.revision + 1}
+                )
+            )
         self._unsupported.pop(name, None)
         self._after_change(raw)
 
 
 def _write_raw(path: Path, offset: int, data: np.ndarray[Any, Any]) -> None:
     """Write *data*'s bytes into *path* at byte *offset* (the file is created if absent)."""
-    view = memoryview(data.reshape(-1).view(np.uint8)) if data.size else memoryview(b"")
+    view = memoryview(data.reshape(-1).view(np.uint8).data) if data.size else memoryview(b"")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         written = 0
@@ -713,8 +754,9 @@ def _write_raw(path: Path, offset: int, data: np.ndarray[Any, Any]) -> None:
         os.close(fd)
 
 
-def open_store(path: str | os.PathLike[str], mode: str = "r", *,
-               lock_timeout: float = 30.0) -> Store:  # fmt: skip
+def open_store(
+    path: str | os.PathLike[str], mode: str = "r", *, lock_timeout: float = 30.0
+) -> Store:
     """Open the HDF5 file at *path* as a :class:`Store`.
 
     :param mode: as in h5py: ``"r"`` read only (the file must exist), ``"r+"``

@@ -11,7 +11,6 @@ when a holder dies, so a ``kill -9`` never leaves a store locked.
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 from pathlib import Path
 
@@ -66,10 +65,3 @@ class StoreLock:
         lock, self._lock = self._lock, None
         if lock is not None:
             lock.close()  # releases every level held, then closes its SQLite connection
-
-    @staticmethod
-    def remove_stale(path: Path) -> None:
-        """Remove ``<path>.lock`` if it is there (after the store itself was removed)."""
-        lock_path = path.with_name(path.name + ".lock")
-        if lock_path.exists():
-            os.unlink(lock_path)

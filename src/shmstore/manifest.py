@@ -104,8 +104,8 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    format: Literal["shmstore-manifest"] = FORMAT
-    format_version: Literal[1] = FORMAT_VERSION
+    format: Literal["shmstore-manifest"] = "shmstore-manifest"
+    format_version: Literal[1] = 1
     revision: NonNegativeInt = 0
     inferred: bool = False
     arrays: dict[_Name, ArrayInfo] = Field(default_factory=dict)
