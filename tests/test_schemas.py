@@ -12,7 +12,7 @@ import pytest
 
 import shmstore
 from shmstore._manifest_io import MANIFEST_ATTR
-from shmstore._schemas import MODELS, main, render
+from shmstore._schemas import MODELS, generator, main, render
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 
@@ -20,6 +20,8 @@ SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 @pytest.mark.parametrize("filename", sorted(MODELS))
 def test_committed_schema_matches_the_model(filename: str) -> None:
     committed = (SCHEMAS / filename).read_text()
+    if json.loads(committed).get("$comment") != generator():
+        pytest.skip(f"schemas/{filename} was rendered by another pydantic release than this one")
     assert committed == render(MODELS[filename]), (
         f"schemas/{filename} drifted from its model: run python -m shmstore._schemas"
     )

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from ._hdf5 import external_files
-from .errors import LayoutError, NotContiguousError
+from .errors import InvalidStoreError, LayoutError, NotContiguousError
 from .manifest import ArrayInfo
 
 __all__ = ["map_rows", "source_block"]
@@ -28,7 +28,9 @@ def source_block(dataset: h5py.Dataset, info: ArrayInfo, file_path: Path) -> tup
 
     :raises NotContiguousError: the layout is chunked, compact or virtual, or
         the data is spread over several external files.
-    :raises LayoutError: the storage is not allocated or is smaller than the array.
+    :raises LayoutError: the storage is not allocated (the dataset was never written).
+    :raises InvalidStoreError: the file ends before the dataset's block does, or
+        the raw file of an external dataset is missing or short.
     """
     if not info.memory_mappable:
         detail = f", compressed with {info.compression}" if info.compression else ""
@@ -48,12 +50,12 @@ def source_block(dataset: h5py.Dataset, info: ArrayInfo, file_path: Path) -> tup
         try:
             available = os.stat(raw_path).st_size - offset
         except FileNotFoundError as err:
-            raise LayoutError(
+            raise InvalidStoreError(
                 f"the raw file {raw_path} of {info.name!r} is missing: it must stay beside "
                 f"{file_path.name}"
             ) from err
         if available < info.nbytes:
-            raise LayoutError(
+            raise InvalidStoreError(
                 f"the raw file {raw_path} of {info.name!r} holds {max(available, 0)} bytes, "
                 f"but {info.shape} {info.dtype} needs {info.nbytes}"
             )
@@ -65,7 +67,14 @@ def source_block(dataset: h5py.Dataset, info: ArrayInfo, file_path: Path) -> tup
             f"{info.name!r} has no complete storage in the file ({stored} of {info.nbytes} "
             "bytes allocated): it was never written; use read() to get its fill value"
         )
-    return file_path, int(offset or 0)
+    offset = int(offset or 0)
+    file_size = os.stat(file_path).st_size
+    if offset + info.nbytes > file_size:
+        raise InvalidStoreError(
+            f"{file_path} is truncated: {info.name!r} needs bytes {offset} to "
+            f"{offset + info.nbytes}, the file has {file_size}"
+        )
+    return file_path, offset
 
 
 def map_rows(path: Path, offset: int, info: ArrayInfo, start: int, stop: int) -> Any:

@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pydantic
 from pydantic import BaseModel
 
 from .manifest import Manifest
 
-__all__ = ["MODELS", "main", "render"]
+__all__ = ["MODELS", "generator", "main", "render"]
 
 MODELS: dict[str, type[BaseModel]] = {
     "manifest.schema.json": Manifest,
@@ -24,10 +25,17 @@ MODELS: dict[str, type[BaseModel]] = {
 """Each schema file and the model it is generated from."""
 
 
+def generator() -> str:
+    """What renders the schemas; their exact text differs between pydantic releases."""
+    major, minor = pydantic.VERSION.split(".")[:2]
+    return f"generated from the shmstore models by pydantic {major}.{minor}"
+
+
 def render(model: type[BaseModel]) -> str:
     """The JSON Schema of *model* as stable, readable text (sorted keys, newline at end)."""
     schema: dict[str, Any] = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$comment": generator(),
         **model.model_json_schema(mode="validation"),
     }
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"

@@ -420,7 +420,8 @@ class Store:
         appendable ones) can be mapped.  Zero rows give an empty read-only array.
 
         :raises NotContiguousError: the dataset is chunked, compressed, compact or virtual.
-        :raises LayoutError: its storage is not allocated or its raw file is missing or short.
+        :raises LayoutError: its storage is not allocated (never written).
+        :raises InvalidStoreError: the file or the dataset's raw file is missing or short.
         :raises ArrayNotFoundError, RowsError, UnsupportedDtypeError: as :meth:`read`.
         """
         info, start, stop = self._resolve(name, rows)
