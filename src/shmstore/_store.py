@@ -180,6 +180,16 @@ class Store:
         if self.mode == "w":
             self._remove_raw_dir()
         h5mode = {"x": "w-"}.get(self.mode, self.mode)
+        if exists and self.mode in ("r+", "a"):
+            # HDF5 rewrites the superblock when it opens a file for writing,
+            # which changes the file's mtime and so invalidates every cached
+            # slice of it: open read-only until the first change.
+            if not os.access(self.path, os.W_OK):
+                raise ReadOnlyError(
+                    f"cannot open {self.path} in mode {self.mode!r}: this user may not write it; "
+                    "open it with mode 'r' to read it"
+                )
+            h5mode = "r"
         try:
             # HDF5's own flock is redundant with the store lock and fails on
             # file systems without flock (NFS, Lustre); libver stays at h5py's
@@ -279,6 +289,7 @@ class Store:
 
     def _repair(self) -> None:
         """Record in the manifest the rows of an append whose writer died."""
+        self._reopen_writable()
         self._set_manifest(
             self._manifest.model_copy(update={"revision": self._manifest.revision + 1})
         )
@@ -449,6 +460,17 @@ class Store:
                 f"cannot {action}: {self.path} is open read-only (mode 'r'); "
                 "open it with mode 'a' or 'r+' to change it"
             )
+
+    def _reopen_writable(self) -> None:
+        """Switch the h5py file to read/write (see ``_open_file``) before the first change."""
+        if self._file.mode == "r+":
+            return
+        self._file.close()
+        try:
+            self._handle["file"] = h5py.File(self.path, "r+", locking=False)
+        except OSError as err:
+            self._handle["file"] = h5py.File(self.path, "r", locking=False)
+            raise ReadOnlyError(f"cannot write {self.path}: {err}") from err
 
     def _set_manifest(self, manifest: Manifest) -> None:
         write_manifest(self._file, manifest)
@@ -700,6 +722,7 @@ class Store:
         if len(arr) == 0:
             return info
         data = np.ascontiguousarray(arr, dtype=info.dtype)
+        self._reopen_writable()
         dataset = _hdf5.open_dataset(self._file, name)
         old, new = info.rows, info.rows + len(data)
         if info.layout == "external":
