@@ -19,7 +19,14 @@ from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
 
 from .errors import UnsupportedDtypeError
 
-__all__ = ["DType", "check_supported", "dtype_from_spec", "dtype_to_spec", "is_supported"]
+__all__ = [
+    "DType",
+    "check_supported",
+    "dtype_from_spec",
+    "dtype_to_spec",
+    "is_supported",
+    "unsupported_reason",
+]
 
 _SIMPLE_KINDS = frozenset("biufcS")
 
@@ -35,23 +42,47 @@ def is_supported(dtype: np.dtype[Any]) -> bool:
     return dtype.kind in _SIMPLE_KINDS and dtype.itemsize > 0
 
 
+def _kind(dtype: np.dtype[Any]) -> str:
+    metadata: dict[str, Any] = dict(dtype.metadata or {})
+    if "vlen" in metadata:
+        return (
+            "variable-length strings"
+            if metadata["vlen"] in (str, bytes)
+            else "variable-length sequences"
+        )
+    if "ref" in metadata:
+        return "HDF5 references"
+    names = {
+        "O": "Python objects",
+        "U": "unicode text",
+        "V": "opaque bytes",
+        "M": "datetimes",
+        "m": "timedeltas",
+    }
+    return names.get(dtype.kind, f"dtype {dtype}")
+
+
+def unsupported_reason(dtype: np.dtype[Any], what: str) -> str:
+    """Why *what*, of *dtype*, is not served, and what to do instead."""
+    hint = ""
+    if dtype.kind == "U":
+        hint = " Encode text to fixed-length bytes first, e.g. arr.astype('S')."
+    elif dtype.kind == "O" and "ref" not in (dtype.metadata or {}):
+        hint = " Variable-length data cannot be memory-mapped or shared; use a fixed-size dtype."
+    return (
+        f"{what} holds {_kind(dtype)} ({dtype!r}), which shmstore does not serve: only numeric, "
+        f"bool, complex, fixed-length bytes and compound dtypes of these are supported.{hint}"
+    )
+
+
 def check_supported(dtype: np.dtype[Any], what: str) -> None:
     """Raise :class:`UnsupportedDtypeError` naming *what* unless *dtype* is served.
 
     :raises UnsupportedDtypeError: object, variable-length, unicode, reference,
         opaque or datetime dtypes, or compounds containing one.
     """
-    if is_supported(dtype):
-        return
-    hint = ""
-    if dtype.kind == "U":
-        hint = " Encode text to fixed-length bytes first, e.g. arr.astype('S')."
-    elif dtype.kind == "O" or (dtype.metadata and "vlen" in dtype.metadata):
-        hint = " Variable-length data cannot be memory-mapped or shared; use a fixed-size dtype."
-    raise UnsupportedDtypeError(
-        f"{what} has dtype {dtype!r}, which shmstore does not serve: only numeric, bool, "
-        f"complex, fixed-length bytes and compound dtypes of these are supported.{hint}"
-    )
+    if not is_supported(dtype):
+        raise UnsupportedDtypeError(unsupported_reason(dtype, what))
 
 
 def dtype_to_spec(dtype: np.dtype[Any]) -> Any:

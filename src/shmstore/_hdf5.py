@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 from h5py import h5d, h5f, h5p, h5s, h5t
 
-from ._dtype import is_supported
+from ._dtype import is_supported, unsupported_reason
 from .manifest import ArrayInfo, Layout
 
 __all__ = [
@@ -97,10 +97,7 @@ def describe(dataset: h5py.Dataset, name: str, version: int = 0) -> ArrayInfo | 
     if dataset.shape is None:
         return f"{name!r} is an empty (null dataspace) dataset and holds no array"
     if not is_supported(dtype):
-        return (
-            f"{name!r} has dtype {dtype!r}, which shmstore does not serve: only numeric, bool, "
-            "complex, fixed-length bytes and compound dtypes of these are supported"
-        )
+        return unsupported_reason(dtype, repr(name))
     dcpl = dataset.id.get_create_plist()
     layout = _layout(dcpl)
     compression, level = _compression(dcpl) if layout == "chunked" else (None, None)
