@@ -5,6 +5,9 @@ Open a store with :func:`open`; see ``DESIGN.md`` for the contract.
 
 from __future__ import annotations
 
+from ._handle import Handle
+from ._node_cache import Cache, CacheEntry
+from ._signals import Uninterruptible
 from ._store import Store
 from ._store import open_store as open
 from .errors import (
@@ -31,7 +34,10 @@ __all__ = [
     "ArgumentError",
     "ArrayInfo",
     "ArrayNotFoundError",
+    "Cache",
+    "CacheEntry",
     "CacheFullError",
+    "Handle",
     "InvalidStoreError",
     "LayoutError",
     "LockTimeoutError",
@@ -44,6 +50,7 @@ __all__ = [
     "ShmStoreError",
     "Store",
     "StoreNotFoundError",
+    "Uninterruptible",
     "UnsupportedDtypeError",
     "__version__",
     "open",

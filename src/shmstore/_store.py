@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import h5py
 import numpy as np
@@ -55,12 +55,19 @@ from .errors import (
 )
 from .manifest import ArrayInfo, Manifest
 
-__all__ = ["Mode", "Store", "open_store"]
+if TYPE_CHECKING:
+    from ._handle import Handle
+    from ._node_cache import Cache
+    from ._segments import SegmentSource
+
+__all__ = ["Mode", "Store", "ViewMode", "open_store"]
 
 _log = logging.getLogger("shmstore")
 
 Mode = Literal["r", "r+", "a", "w", "w-", "x"]
 _MODES = ("r", "r+", "a", "w", "w-", "x")
+ViewMode = Literal["shared", "memmap", "memory", "auto"]
+_VIEW_MODES = ("shared", "memmap", "memory", "auto")
 _TMP_GROUP = ".shmstore_tmp"
 _NAME_PART = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _RAW_SUFFIX = ".raw"
@@ -106,8 +113,14 @@ class Store:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], mode: str = "r", *, lock_timeout: float = 30.0
+        self,
+        path: str | os.PathLike[str],
+        mode: str = "r",
+        *,
+        cache: Cache | None = None,
+        lock_timeout: float = 30.0,
     ) -> None:
+        self._cache = cache
         if mode not in _MODES:
             raise ArgumentError(
                 f"mode must be one of {', '.join(_MODES)} (as in h5py), got {mode!r}"
@@ -441,6 +454,121 @@ class Store:
         if not info.shape:
             return np.memmap(path, dtype=info.dtype, mode="r", offset=offset, shape=())
         return map_rows(path, offset, info, start, stop)  # type: ignore[no-any-return]
+
+    # -- sharing through the node cache ---------------------------------------
+
+    @property
+    def cache(self) -> Cache:
+        """The node cache this store's views and handles use."""
+        if self._cache is None:
+            from ._handle import cache_for
+
+            self._cache = cache_for(None, None)
+        return self._cache
+
+    def _segment_source(self, info: ArrayInfo, start: int, stop: int) -> SegmentSource:
+        """What a cached copy of these rows is a copy of: files (by identity), dataset, version."""
+        from ._segments import FileIdentity, SegmentSource
+
+        return SegmentSource(
+            path=str(self.path),
+            identity=tuple(FileIdentity.of(path) for path in self.source_files(info.name)),
+            dataset=info.name,
+            version=info.version,
+            start=start,
+            stop=stop,
+        )
+
+    def _shared(
+        self, info: ArrayInfo, start: int, stop: int
+    ) -> tuple[np.ndarray[Any, Any], SegmentSource]:
+        from ._load import block_filler, dataset_filler
+
+        source = self._segment_source(info, start, stop)
+        dataset = _hdf5.open_dataset(self._file, info.name)
+        what = f"{self.path.name}:{info.name}[{start}:{stop}]"
+        try:
+            path, offset = source_block(dataset, info, self.path)
+            fill = block_filler(path, offset + start * info.row_nbytes, what)
+        except LayoutError:  # chunked, or never written: HDF5 decodes or fills
+            fill = dataset_filler(dataset, info, start, what)
+        shape = (stop - start, *info.shape[1:])
+        return self.cache.get(source, info.dtype, shape, fill), source
+
+    def _view_array(
+        self, name: str, rows: object, mode: str
+    ) -> tuple[np.ndarray[Any, Any], SegmentSource | None]:
+        """The array :meth:`view` yields, and the source of the shared copy if it is one."""
+        if mode not in _VIEW_MODES:
+            raise ArgumentError(f"view mode must be one of {', '.join(_VIEW_MODES)}, got {mode!r}")
+        info, start, stop = self._resolve(name, rows)
+        if mode == "memory" or not info.shape:
+            array = self.read(name, rows)
+            array.flags.writeable = False
+            return array, None
+        if mode == "memmap":
+            return self.memmap(name, rows), None
+        from .errors import CacheFullError
+
+        try:
+            return self._shared(info, start, stop)
+        except CacheFullError as err:
+            if mode == "shared":
+                raise
+            fallback = "memmap" if info.memory_mappable else "memory"
+            _log.info(
+                "%s: no room in the cache for %r (%s); using %s", self.path, name, err, fallback
+            )
+            array = self.memmap(name, rows) if info.memory_mappable else self.read(name, rows)
+            array.flags.writeable = False
+            return array, None
+
+    @contextmanager
+    def view(
+        self, name: str, rows: object = None, mode: ViewMode = "auto"
+    ) -> Iterator[np.ndarray[Any, Any]]:
+        """A read-only array of rows *rows* of dataset *name*, for the ``with`` block.
+
+        * ``"shared"``: the node's single copy in shared memory, loaded once
+          per node (the first process loads it, the others map it);
+        * ``"memmap"``: mapped from the file (contiguous datasets only);
+        * ``"memory"``: a private copy;
+        * ``"auto"``: shared, or when the cache is full, memmap if the
+          dataset is contiguous and a private copy if not.
+
+        The block drops its references on exit: the mapping goes when nothing
+        else refers to the array.  An array kept past the block keeps its pages.
+
+        :raises CacheFullError: mode ``"shared"`` and no room in the cache.
+        :raises NotContiguousError: mode ``"memmap"`` on a chunked dataset.
+        :raises ArrayNotFoundError, RowsError, UnsupportedDtypeError: as :meth:`read`.
+        """
+        array, _ = self._view_array(name, rows, mode)
+        try:
+            yield array
+        finally:
+            del array
+
+    def handle(self, name: str, rows: object = None) -> Handle:
+        """A small picklable reference to rows *rows* of *name*, for worker processes.
+
+        ``handle.view()`` in a worker maps the node's copy without opening the
+        HDF5 file when the copy is there and the file is unchanged.
+
+        :raises ArrayNotFoundError, RowsError, UnsupportedDtypeError: as :meth:`read`.
+        """
+        from ._handle import Handle
+
+        info, start, stop = self._resolve(name, rows)
+        if not info.shape:
+            raise RowsError(f"{name!r} is a scalar dataset: read it with store.read({name!r})")
+        return Handle(
+            source=self._segment_source(info, start, stop),
+            dtype=info.dtype,
+            shape=(stop - start, *info.shape[1:]),
+            cache_directory=str(self.cache.directory),
+            cache_budget=self.cache.budget,
+        )
 
     def source_files(self, name: str) -> list[Path]:
         """The files whose bytes make up dataset *name*: the HDF5 file and any raw files."""
@@ -779,13 +907,20 @@ def _write_raw(path: Path, offset: int, data: np.ndarray[Any, Any]) -> None:
 
 
 def open_store(
-    path: str | os.PathLike[str], mode: str = "r", *, lock_timeout: float = 30.0
+    path: str | os.PathLike[str],
+    mode: str = "r",
+    *,
+    cache: Cache | None = None,
+    lock_timeout: float = 30.0,
 ) -> Store:
     """Open the HDF5 file at *path* as a :class:`Store`.
 
     :param mode: as in h5py: ``"r"`` read only (the file must exist), ``"r+"``
         read/write (must exist), ``"a"`` read/write, created if absent,
         ``"w"`` created or truncated, ``"w-"``/``"x"`` created, must not exist.
+    :param cache: the node cache that :meth:`Store.view` and handles use;
+        by default the one of ``SHMSTORE_DIR`` / ``JOB_SHMTMPDIR`` /
+        ``/dev/shm/shmstore-<uid>`` with the ``SHMSTORE_BUDGET`` budget.
     :param lock_timeout: seconds to wait while another process holds the
         store's lock (a writer, or readers when opening for writing).
     :raises StoreNotFoundError: mode ``"r"`` or ``"r+"`` and no file at *path*.
@@ -794,4 +929,4 @@ def open_store(
     :raises LockTimeoutError: the lock stayed held for *lock_timeout* seconds.
     :raises ReadOnlyError: a write mode on a file this user cannot write.
     """
-    return Store(path, mode, lock_timeout=lock_timeout)
+    return Store(path, mode, cache=cache, lock_timeout=lock_timeout)

@@ -1,0 +1,162 @@
+"""Handles: small, picklable references to rows of a dataset, for workers.
+
+A handle carries no array data, only what names the slice (file, dataset,
+rows) and the identity of the files it was made from.  In a worker,
+``handle.view()`` stats those files; when they are unchanged and the node's
+cache holds the slice, it maps the shared copy without opening the HDF5 file.
+When a file changed, it opens the store, learns the new version, and serves
+(or loads) that one: a handle never serves an old version.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._node_cache import Cache
+from ._segments import FileIdentity, SegmentSource
+from .errors import RowsError, StoreNotFoundError
+
+if TYPE_CHECKING:
+    from ._store import ViewMode
+
+__all__ = ["Handle", "cache_for"]
+
+
+@functools.lru_cache(maxsize=32)
+def cache_for(directory: str | None, budget: int | str | None) -> Cache:
+    """The process's :class:`Cache` for *directory* and *budget* (made once, then reused)."""
+    return Cache(directory=directory, budget=budget)
+
+
+class Handle:
+    """Rows ``[start, stop)`` of dataset *name* of the store at *path*.
+
+    Make one with :meth:`Store.handle`; send it to worker processes (it
+    pickles to a few hundred bytes) and use :meth:`view` there.
+    """
+
+    def __init__(
+        self,
+        *,
+        source: SegmentSource,
+        dtype: np.dtype[Any],
+        shape: tuple[int, ...],
+        cache_directory: str,
+        cache_budget: int,
+    ) -> None:
+        self._source = source
+        self.dtype = dtype
+        self.shape = shape
+        self._cache_directory = cache_directory
+        self._cache_budget = cache_budget
+        self._pinned: np.ndarray[Any, Any] | None = None
+
+    @property
+    def path(self) -> Path:
+        """The HDF5 file."""
+        return Path(self._source.path)
+
+    @property
+    def name(self) -> str:
+        """The dataset."""
+        return self._source.dataset
+
+    @property
+    def rows(self) -> tuple[int, int]:
+        """``(start, stop)``: the rows this handle stands for."""
+        return self._source.start, self._source.stop
+
+    @property
+    def version(self) -> int:
+        """The dataset's version the handle last saw (it follows newer ones)."""
+        return self._source.version
+
+    @property
+    def cache(self) -> Cache:
+        """The node cache this handle's slice lives in."""
+        return cache_for(self._cache_directory, self._cache_budget)
+
+    def __repr__(self) -> str:
+        start, stop = self.rows
+        return (
+            f"<shmstore.Handle {self.name!r}[{start}:{stop}] of {str(self.path)!r}, "
+            f"{self.shape} {self.dtype}, version {self.version}>"
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_pinned"] = None  # a mapping belongs to one process
+        return state
+
+    def _current(self) -> np.ndarray[Any, Any] | None:
+        """The node's copy, if the files are unchanged and it is cached; never loads."""
+        try:
+            now = tuple(FileIdentity.of(Path(i.path)) for i in self._source.identity)
+        except FileNotFoundError:
+            return None
+        if now != self._source.identity:
+            return None
+        return self.cache.lookup(self._source)
+
+    def _array(self, mode: ViewMode) -> np.ndarray[Any, Any]:
+        if self._pinned is not None and mode in ("auto", "shared") and self._current() is not None:
+            return self._pinned
+        if mode in ("auto", "shared"):
+            found = self._current()
+            if found is not None:
+                return found
+        from ._store import open_store
+
+        start, stop = self.rows
+        try:
+            store = open_store(self.path, "r", cache=self.cache)
+        except StoreNotFoundError as err:
+            raise StoreNotFoundError(
+                f"the store {self.path} of this handle is gone: {err}"
+            ) from err
+        with store:
+            info = store.info(self.name)
+            if stop > info.rows:
+                raise RowsError(
+                    f"this handle's rows {start}:{stop} are outside {self.name!r}, which now "
+                    f"has {info.rows} rows"
+                )
+            array, source = store._view_array(self.name, (start, stop), mode)
+        if source is not None:
+            self._source = source
+            self.dtype, self.shape = array.dtype, array.shape
+        return array
+
+    @contextmanager
+    def view(self, mode: ViewMode = "auto") -> Iterator[np.ndarray[Any, Any]]:
+        """Map the node's copy of the rows (loading it once per node if absent).
+
+        The array is read-only.  Modes are those of :meth:`Store.view`.
+
+        :raises StoreNotFoundError: the HDF5 file is gone.
+        :raises RowsError: the dataset shrank below this handle's rows.
+        :raises CacheFullError: mode ``"shared"`` and no room in the cache.
+        """
+        array = self._array(mode)
+        try:
+            yield array
+        finally:
+            del array
+
+    def pin(self) -> np.ndarray[Any, Any]:
+        """Keep one mapping of the slice for the life of this process (or :meth:`unpin`).
+
+        A pinned segment is in use: the cache never evicts it.  Returns the array.
+        """
+        self._pinned = self._array("shared")
+        return self._pinned
+
+    def unpin(self) -> None:
+        """Drop the mapping kept by :meth:`pin` (the segment stays cached, evictable)."""
+        self._pinned = None
