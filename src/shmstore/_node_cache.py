@@ -77,7 +77,7 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def default_directory() -> Path:
-    """``SHMSTORE_DIR``, else ``$JOB_SHMTMPDIR/shmstore`` (SLURM), else ``/dev/shm/shmstore-UID``."""
+    """``SHMSTORE_DIR``, else ``$JOB_SHMTMPDIR/shmstore``, else ``/dev/shm/shmstore-UID``."""
     if os.environ.get("SHMSTORE_DIR"):
         return Path(os.environ["SHMSTORE_DIR"])
     if os.environ.get("JOB_SHMTMPDIR"):
