@@ -60,6 +60,7 @@ _SEGMENT = ".seg"
 _TEMPORARY = re.compile(r"^([0-9a-f]{32})\.\d+\.[0-9a-f]{8}\.tmp$")
 _LOCK = ".lock"
 _BUDGET_LOCK = "budget.lock"
+_FOREIGN = "not a file shmstore made; remove it by hand if it is not needed"
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 # key -> weak reference to the array of this process's mapping of it.
@@ -343,10 +344,15 @@ class Cache:
                 room += st.st_blocks * 512
                 if needed <= room:
                     return
+        limit = (
+            f"the file system of {self.directory} has {free} bytes free"
+            if free < self.budget - used
+            else f"the cache budget is {self.budget} bytes with {max(self.budget - used, 0)} unused"
+        )
         raise CacheFullError(
             f"loading {header.source.dataset}[{header.source.start}:{header.source.stop}] "
-            f"needs {needed} bytes, the cache budget is {self.budget} with {max(room, 0)} "
-            f"available: {self._holders()}; unmap them, or raise SHMSTORE_BUDGET"
+            f"needs {needed} bytes and {limit}: {self._holders()}; unmap them, or raise "
+            "SHMSTORE_BUDGET"
         )
 
     def _holders(self) -> str:
@@ -446,7 +452,8 @@ class Cache:
 
     def gc(self) -> list[str]:
         """Remove what no process needs: leftovers of killed loaders, stale or damaged
-        segments, orphaned lock files.  Never a segment that is mapped.
+        segments, orphaned lock files, planted links.  Never a segment that is
+        mapped; files shmstore did not make are left alone (and logged).
 
         :returns: the names of the files removed.
         """
@@ -455,6 +462,9 @@ class Cache:
             name = path.name
             reason = self._garbage(path)
             if reason is None:
+                continue
+            if reason == _FOREIGN:
+                _log.warning("gc left %s alone: %s", path, reason)
                 continue
             if name.endswith(_SEGMENT) and reason != "not a safe file":
                 gone = self._remove_if_unused(path)
@@ -496,7 +506,7 @@ class Cache:
             return None if segment.exists() else "a lock without its segment"
         if name == _BUDGET_LOCK:
             return None
-        return "not a cache file"
+        return _FOREIGN
 
     def _remove_leftover(self, path: Path) -> bool:
         # The loader holds a shared lock on its temporary file until it dies.
