@@ -11,6 +11,7 @@ When a file changed, it opens the store, learns the new version, and serves
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._node_cache import Cache
-from ._segments import FileIdentity, SegmentSource
+from ._segments import SegmentSource, key_of
 from .errors import RowsError, StoreNotFoundError
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class Handle:
         cache_budget: int,
     ) -> None:
         self._source = source
+        self._key = key_of(source)
         self.dtype = dtype
         self.shape = shape
         self._cache_directory = cache_directory
@@ -94,18 +96,28 @@ class Handle:
         state["_pinned"] = None  # a mapping belongs to one process
         return state
 
+    def _unchanged(self) -> bool:
+        """True when every source file still has the identity the handle saw."""
+        for seen in self._source.identity:
+            try:
+                st = os.stat(seen.path)
+            except FileNotFoundError:
+                return False
+            if (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev) != (
+                seen.mtime_ns,
+                seen.size,
+                seen.ino,
+                seen.dev,
+            ):
+                return False
+        return True
+
     def _current(self) -> np.ndarray[Any, Any] | None:
         """The node's copy, if the files are unchanged and it is cached; never loads."""
-        try:
-            now = tuple(FileIdentity.of(Path(i.path)) for i in self._source.identity)
-        except FileNotFoundError:
-            return None
-        if now != self._source.identity:
-            return None
-        return self.cache.lookup(self._source)
+        return self.cache.find(self._key) if self._unchanged() else None
 
     def _array(self, mode: ViewMode) -> np.ndarray[Any, Any]:
-        if self._pinned is not None and mode in ("auto", "shared") and self._current() is not None:
+        if self._pinned is not None and mode in ("auto", "shared") and self._unchanged():
             return self._pinned
         if mode in ("auto", "shared"):
             found = self._current()
@@ -129,7 +141,7 @@ class Handle:
                 )
             array, source = store._view_array(self.name, (start, stop), mode)
         if source is not None:
-            self._source = source
+            self._source, self._key = source, key_of(source)
             self.dtype, self.shape = array.dtype, array.shape
         return array
 

@@ -25,6 +25,7 @@ import re
 import secrets
 import shutil
 import stat
+import time
 import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -142,6 +143,7 @@ class Cache:
         self, directory: str | os.PathLike[str] | None = None, budget: int | str | None = None
     ) -> None:
         self.directory = Path(os.path.abspath(directory if directory else default_directory()))
+        self._prefix = f"{self.directory}{os.sep}"
         self._prepare_directory()
         if budget is None:
             budget = os.environ.get("SHMSTORE_BUDGET") or "50%"
@@ -179,10 +181,14 @@ class Cache:
             )
             os.chmod(self.directory, 0o700)
 
-    def _segment_path(self, key: str) -> Path:
+    def _segment_name(self, key: str) -> str:
+        """The segment file of *key* as a plain string (the attach path avoids pathlib)."""
         if not KEY_PATTERN.match(key):
             raise SegmentError(f"{key!r} is not a cache key (32 hexadecimal digits)")
-        return self.directory / f"{key}{_SEGMENT}"
+        return f"{self._prefix}{key}{_SEGMENT}"
+
+    def _segment_path(self, key: str) -> Path:
+        return Path(self._segment_name(key))
 
     # -- mapping -----------------------------------------------------------------
 
@@ -192,11 +198,11 @@ class Cache:
 
     def _map(self, key: str) -> np.ndarray[Any, Any] | None:
         """Map the published segment *key*, or ``None`` if it is not there."""
-        memo = _MAPPINGS.get((str(self.directory), key))
+        memo = _MAPPINGS.get((self._prefix, key))
         array = memo() if memo is not None else None
         if array is not None:
             return array
-        path = self._segment_path(key)
+        path = self._segment_name(key)
         try:
             fd, st = open_checked(path)
         except FileNotFoundError:
@@ -209,14 +215,13 @@ class Cache:
                     return None  # evicted (and maybe reloaded) between open and lock
             except FileNotFoundError:
                 return None
-            header = read_header(fd, st, path)
-            if header.key != key:
-                raise SegmentError(f"{path} holds the segment of key {header.key}, not {key}")
+            header = read_header(fd, st, path, key)
             array = map_segment(fd, header)
-            os.utime(fd)  # the last access, for least-recently-used eviction
+            # The access time orders least-recently-used eviction.
+            os.utime(fd, ns=(time.time_ns(), st.st_mtime_ns))
         finally:
             os.close(fd)
-        _MAPPINGS[(str(self.directory), key)] = weakref.ref(array)
+        _MAPPINGS[(self._prefix, key)] = weakref.ref(array)
         return array
 
     def attach(self, key: str) -> np.ndarray[Any, Any]:
@@ -235,6 +240,10 @@ class Cache:
     def lookup(self, source: SegmentSource) -> np.ndarray[Any, Any] | None:
         """The node's copy of *source*, mapped read-only, or ``None``; never loads."""
         return self._map(self.key(source))
+
+    def find(self, key: str) -> np.ndarray[Any, Any] | None:
+        """Like :meth:`attach`, but ``None`` when there is no segment *key*."""
+        return self._map(key)
 
     def get(
         self,
@@ -294,7 +303,7 @@ class Cache:
             raise
         finally:
             os.close(fd)
-        _MAPPINGS[(str(self.directory), key)] = weakref.ref(array)
+        _MAPPINGS[(self._prefix, key)] = weakref.ref(array)
         return array
 
     def _reserve(self, tmp: Path, header: SegmentHeader) -> int:
@@ -394,7 +403,7 @@ class Cache:
         except FileNotFoundError:
             return None
         try:
-            header = read_header(fd, st, path)
+            header = read_header(fd, st, path, path.name.removesuffix(_SEGMENT))
             in_use = not try_lock(fd, exclusive=True)
         finally:
             os.close(fd)

@@ -151,7 +151,7 @@ def new_header(
     return draft.model_copy(update={"data_offset": _data_offset(room)})
 
 
-def open_checked(path: Path, flags: int = os.O_RDONLY) -> tuple[int, os.stat_result]:
+def open_checked(path: str | Path, flags: int = os.O_RDONLY) -> tuple[int, os.stat_result]:
     """Open a cache file without following a link, and check it is ours and private.
 
     :raises FileNotFoundError: no such file.
@@ -168,7 +168,7 @@ def open_checked(path: Path, flags: int = os.O_RDONLY) -> tuple[int, os.stat_res
     problem = None
     if not stat.S_ISREG(st.st_mode):
         problem = "is not a regular file"
-    elif st.st_uid != os.getuid():
+    elif st.st_uid != _UID:
         problem = f"belongs to uid {st.st_uid}, not to this user ({os.getuid()})"
     elif st.st_mode & 0o077:
         problem = f"has mode {stat.S_IMODE(st.st_mode):o}, open to group or others (want 600)"
@@ -178,19 +178,22 @@ def open_checked(path: Path, flags: int = os.O_RDONLY) -> tuple[int, os.stat_res
     return fd, st
 
 
-_HEADERS: dict[tuple[int, int, int, int], SegmentHeader] = {}
+_HEADERS: dict[tuple[int, int, int, str], SegmentHeader] = {}
+_UID = os.getuid()
 
 
-def read_header(fd: int, st: os.stat_result, path: Path) -> SegmentHeader:
-    """Read and validate the header of the open segment *fd*.
+def read_header(fd: int, st: os.stat_result, path: str | Path, key: str) -> SegmentHeader:
+    """Read and validate the header of the open segment *fd*, which should be *key*'s.
 
     Published segments never change, so a validated header is remembered per
-    (device, inode, size, ctime) and the next mapping skips the JSON work.
+    (device, inode, size, key) and the next mapping skips the JSON work.  (An
+    inode reused by a later segment of the same key holds the same header
+    but for its creation time and pid.)
 
     :raises SegmentError: bad magic, a header that does not validate, or a
         file size that disagrees with it.
     """
-    memo = (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns)
+    memo = (st.st_dev, st.st_ino, st.st_size, key)
     header = _HEADERS.get(memo)
     if header is not None:
         return header
@@ -213,6 +216,8 @@ def read_header(fd: int, st: os.stat_result, path: Path) -> SegmentHeader:
         raise SegmentError(
             f"{path}: data offset {header.data_offset} is not a page after the header"
         )
+    if header.key != key:
+        raise SegmentError(f"{path} holds the segment of key {header.key}, not {key}")
     if st.st_size != header.data_offset + header.nbytes:
         raise SegmentError(
             f"{path} holds {st.st_size} bytes, its header says {header.data_offset + header.nbytes}"
