@@ -63,3 +63,28 @@ def test_the_schema_rejects_a_damaged_manifest(tmp_path: Path, field: str, value
     schema = json.loads((SCHEMAS / "manifest.schema.json").read_text())
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(document, schema)
+
+
+def test_a_segment_header_is_valid_against_its_schema(tmp_path: Path) -> None:
+    import shutil
+    import uuid
+
+    from shmstore._segments import MAGIC
+
+    path = tmp_path / "s.h5"
+    compound = np.zeros(4, dtype=[("t", ">f8"), ("tag", "S3")])
+    with shmstore.open(path, "w") as store:
+        store.write("c", compound)
+    cache = shmstore.Cache(directory=Path("/dev/shm") / f"shmstore-test-{uuid.uuid4().hex[:12]}")
+    try:
+        with shmstore.open(path, cache=cache) as store, store.view("c", mode="shared"):
+            (segment,) = cache.directory.glob("*.seg")
+        raw = segment.read_bytes()
+        assert raw.startswith(MAGIC)
+        length = int.from_bytes(raw[8:12], "little")
+        header = json.loads(raw[12 : 12 + length])
+        schema = json.loads((SCHEMAS / "segment.schema.json").read_text())
+        jsonschema.validate(header, schema)
+        assert header["dtype"]["names"] == ["t", "tag"]
+    finally:
+        shutil.rmtree(cache.directory, ignore_errors=True)

@@ -15,12 +15,14 @@ from typing import Any
 import pydantic
 from pydantic import BaseModel
 
+from ._segments import SegmentHeader
 from .manifest import Manifest
 
 __all__ = ["MODELS", "generator", "main", "render"]
 
 MODELS: dict[str, type[BaseModel]] = {
     "manifest.schema.json": Manifest,
+    "segment.schema.json": SegmentHeader,
 }
 """Each schema file and the model it is generated from."""
 

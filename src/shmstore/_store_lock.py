@@ -39,10 +39,12 @@ class StoreLock:
         self._lock: filelock.ReadWriteLock | None = None
         try:
             lock = filelock.ReadWriteLock(self.path, timeout=timeout, is_singleton=False)
+            # The timeout is passed each time: before filelock 4, an acquire
+            # without one waited forever instead of using the instance's.
             if write:
-                lock.acquire_write()
+                lock.acquire_write(timeout=timeout)
             else:
-                lock.acquire_read()
+                lock.acquire_read(timeout=timeout)
         except filelock.Timeout as err:
             held = "open in another process" if write else "open for writing in another process"
             raise LockTimeoutError(
