@@ -393,6 +393,18 @@ def test_invariant_7_keys_cannot_escape_the_directory(cache: shmstore.Cache, key
         cache.attach(key)
 
 
+def test_invariant_7_a_fifo_planted_as_a_segment_never_hangs(
+    cache: shmstore.Cache, origin: Path
+) -> None:
+    key, path = _planted(cache, origin)
+    os.mkfifo(path, 0o600)
+    with pytest.raises(shmstore.SegmentError, match="not a regular file"):
+        cache.attach(key)
+    assert cache.entries() == []
+    assert path.name in cache.gc()
+    assert not path.exists()
+
+
 def test_a_stray_file_is_left_alone_by_gc(cache: shmstore.Cache) -> None:
     stray = cache.directory / "notes.txt"
     stray.write_text("someone's notes")

@@ -39,7 +39,7 @@ class Handle:
     """Rows ``[start, stop)`` of dataset *name* of the store at *path*.
 
     Make one with :meth:`Store.handle`; send it to worker processes (it
-    pickles to a few hundred bytes) and use :meth:`view` there.
+    pickles to under 1 KB) and use :meth:`view` there.
     """
 
     def __init__(

@@ -378,10 +378,14 @@ class Cache:
     def _remove_if_unused(self, path: Path) -> bool:
         """Unlink *path* if no process maps it; True if removed."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return False
-        except OSError:  # a symlink planted in the directory: remove the link itself
+        except OSError:  # a link or unreadable file planted in our directory: remove the name
+            path.unlink(missing_ok=True)
+            return True
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO, socket or device planted here
+            os.close(fd)
             path.unlink(missing_ok=True)
             return True
         try:
@@ -475,13 +479,9 @@ class Cache:
             if reason == _FOREIGN:
                 _log.warning("gc left %s alone: %s", path, reason)
                 continue
-            if name.endswith(_SEGMENT) and reason != "not a safe file":
-                gone = self._remove_if_unused(path)
-            elif name.endswith(".tmp"):
-                gone = self._remove_leftover(path)
-            else:
-                gone = self._remove_unlocked(path)
-            if gone:
+            # A live loader holds a shared lock on its temporary file, and a
+            # mapping on its segment: both are kept by the same test.
+            if self._remove_if_unused(path):
                 removed.append(name)
                 _log.info("gc removed %s: %s", name, reason)
             else:
@@ -516,13 +516,3 @@ class Cache:
         if name == _BUDGET_LOCK:
             return None
         return _FOREIGN
-
-    def _remove_leftover(self, path: Path) -> bool:
-        # The loader holds a shared lock on its temporary file until it dies.
-        return self._remove_if_unused(path)
-
-    def _remove_unlocked(self, path: Path) -> bool:
-        if path.is_symlink() or not path.is_file():
-            path.unlink(missing_ok=True)
-            return True
-        return self._remove_if_unused(path)

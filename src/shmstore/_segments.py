@@ -159,7 +159,8 @@ def open_checked(path: str | Path, flags: int = os.O_RDONLY) -> tuple[int, os.st
         readable or writable by group or others.
     """
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO planted under a segment's name must not hang the open.
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:
         if err.errno == 40:  # ELOOP: the name is a symbolic link
             raise SegmentError(f"{path} is a symbolic link; cache files must not be") from err
