@@ -35,11 +35,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import h5py
 import numpy as np
 
-from . import _hdf5
+from . import _hdf5, _raw
 from ._dtype import check_supported
 from ._journal import JournalingFile, journal_path, rollback
 from ._manifest_io import read_manifest, write_manifest
 from ._memmap import map_rows, source_block
+from ._reconcile import needs_repair, reconcile
 from ._rows import resolve_rows
 from ._store_lock import StoreLock
 from .errors import (
@@ -70,7 +71,6 @@ ViewMode = Literal["shared", "memmap", "memory", "auto"]
 _VIEW_MODES = ("shared", "memmap", "memory", "auto")
 _TMP_GROUP = ".shmstore_tmp"
 _NAME_PART = re.compile(r"^[A-Za-z0-9_.\-]+$")
-_RAW_SUFFIX = ".raw"
 
 
 def _check_name(name: object) -> str:
@@ -191,7 +191,7 @@ class Store:
                 "pass the right path, or mode 'w' to replace it"
             )
         if self.mode == "w":
-            self._remove_raw_dir()
+            _raw.remove_orphans(self.path, None)
         h5mode = {"x": "w-"}.get(self.mode, self.mode)
         if exists and self.mode in ("r+", "a"):
             # HDF5 rewrites the superblock when it opens a file for writing,
@@ -235,8 +235,8 @@ class Store:
                 self._unsupported[name] = described
             else:
                 live[name] = described
-        self._manifest = self._reconcile(stored, live)
-        if self.writable and stored is not None and self._needs_repair(stored):
+        self._manifest = reconcile(stored, live, self._unsupported, str(self.path))
+        if self.writable and stored is not None and needs_repair(stored, self._manifest):
             self._repair()
         if self.writable:
             self._tidy()
@@ -246,59 +246,6 @@ class Store:
             return _hdf5.describe(_hdf5.open_dataset(self._file, name), name, version)
         except (OSError, RuntimeError, ValueError) as err:
             return f"{name!r} cannot be read: {err}"
-
-    def _reconcile(self, stored: Manifest | None, live: dict[str, ArrayInfo]) -> Manifest:
-        """The manifest to serve: *stored* checked against the *live* datasets."""
-        if stored is None:
-            return Manifest(inferred=True, arrays=live)
-        result: dict[str, ArrayInfo] = {}
-        for name, info in stored.arrays.items():
-            if name in self._unsupported:
-                raise ManifestError(f"manifest lists {name!r}, but {self._unsupported[name]}")
-            found = live.get(name)
-            if found is None:
-                raise ManifestError(
-                    f"manifest lists {name!r} ({info.shape} {info.dtype}), but the file has no "
-                    "such dataset: the file was changed by another tool; restore it, or delete "
-                    "the attribute 'shmstore_manifest' to have the manifest inferred"
-                )
-            result[name] = self._checked(info, found)
-        for name, found in live.items():
-            if name not in result:
-                result[name] = found  # added by another tool: served as inferred
-        return stored.model_copy(update={"arrays": result, "inferred": False})
-
-    def _checked(self, info: ArrayInfo, found: ArrayInfo) -> ArrayInfo:
-        if found.dtype != info.dtype:
-            raise ManifestError(
-                f"manifest says {info.name!r} has dtype {info.dtype}, the file holds "
-                f"{found.dtype}: refusing to serve data of the wrong type"
-            )
-        same_rows = found.shape[1:] == info.shape[1:] and len(found.shape) == len(info.shape)
-        if found.shape == info.shape:
-            return found.model_copy(update={"version": info.version})
-        if info.appendable and same_rows and found.shape[0] > info.shape[0]:
-            # The extent grew but the manifest was not rewritten: an append
-            # whose writer died before it returned.  Its rows are complete
-            # (written before the extent), so they are kept.
-            _log.warning(
-                "%s: %r has %d rows, its manifest %d: keeping the rows of an interrupted append",
-                self.path,
-                info.name,
-                found.shape[0],
-                info.shape[0],
-            )
-            return found.model_copy(update={"version": info.version})
-        raise ManifestError(
-            f"manifest says {info.name!r} has shape {info.shape}, the file holds {found.shape}: "
-            "refusing to serve data of the wrong shape"
-        )
-
-    def _needs_repair(self, stored: Manifest) -> bool:
-        return any(
-            stored.arrays.get(name) is None or stored.arrays[name].shape != info.shape
-            for name, info in self._manifest.arrays.items()
-        )
 
     def _repair(self) -> None:
         """Record in the manifest the rows of an append whose writer died."""
@@ -312,17 +259,13 @@ class Store:
         """Free what a killed writer left: trashed datasets, unreferenced raw files."""
         if len(self._file.get(_TMP_GROUP, ())) > 0:
             self._empty_trash()
-        raw_dir = self._raw_dir()
-        if not raw_dir.is_dir():
+        if not _raw.raw_dir(self.path).is_dir():
             return
         referenced: set[Path] = set()
         for name in _hdf5.walk_datasets(self._file, skip=""):
             dataset = _hdf5.open_dataset(self._file, name)
             referenced.update(p for p, _, _ in _hdf5.external_files(dataset, self.path.parent))
-        for raw in raw_dir.glob("*.bin"):
-            if raw not in referenced:
-                _log.info("%s: removing the unreferenced raw file %s", self.path, raw.name)
-                raw.unlink(missing_ok=True)
+        _raw.remove_orphans(self.path, referenced)
 
     @staticmethod
     def _release(handle: dict[str, h5py.File], lock: StoreLock) -> None:
@@ -662,34 +605,16 @@ class Store:
 
     def _after_change(self, old_raw: tuple[str, ...]) -> None:
         self._empty_trash()
-        self._remove_raw(old_raw)
+        _raw.remove_raw(self.path, old_raw)
         self._touch()
-
-    def _raw_dir(self) -> Path:
-        return self.path.with_name(self.path.name + _RAW_SUFFIX)
-
-    def _remove_raw_dir(self) -> None:
-        raw_dir = self._raw_dir()
-        if raw_dir.is_dir():
-            for raw in raw_dir.iterdir():
-                if raw.name.endswith(".bin"):
-                    raw.unlink(missing_ok=True)
-
-    def _remove_raw(self, names: tuple[str, ...]) -> None:
-        for raw in names:
-            (self.path.parent / raw).unlink(missing_ok=True)
 
     def _raw_files_of(self, name: str) -> tuple[str, ...]:
         """Raw files that dataset *name* owns (those inside this store's raw directory)."""
         if name not in self._manifest.arrays or self._manifest.arrays[name].layout != "external":
             return ()
         dataset = _hdf5.open_dataset(self._file, name)
-        raw_dir = self._raw_dir()
-        return tuple(
-            str(path.relative_to(self.path.parent))
-            for path, _, _ in _hdf5.external_files(dataset, self.path.parent)
-            if path.parent == raw_dir
-        )
+        files = _hdf5.external_files(dataset, self.path.parent)
+        return _raw.owned(self.path, (path for path, _, _ in files))
 
     def write(
         self,
@@ -732,7 +657,7 @@ class Store:
         self._check_parents(name)
         old_raw = self._raw_files_of(name) if exists else ()
         external = appendable and chunks is None and compression is None
-        raw_name = self._new_raw_name(name) if external else None
+        raw_name = _raw.new_raw_name(self.path, name) if external else None
         revision = self._manifest.revision + 1
         try:
             with self._change():
@@ -760,7 +685,7 @@ class Store:
                 )
         except BaseException:
             if raw_name is not None:
-                self._remove_raw((raw_name,))
+                _raw.remove_raw(self.path, (raw_name,))
             raise
         self._unsupported.pop(name, None)
         self._after_change(old_raw)
@@ -775,15 +700,10 @@ class Store:
         if name in self._file and not isinstance(self._file[name], h5py.Dataset):
             raise ArgumentError(f"cannot write {name!r}: it is a group of the file")
 
-    def _new_raw_name(self, name: str) -> str:
-        self._raw_dir().mkdir(mode=0o755, exist_ok=True)
-        flat = name.replace("/", ".")
-        return f"{self._raw_dir().name}/{flat}.{secrets.token_hex(4)}.bin"
-
     def _write_external(self, temporary: str, arr: np.ndarray[Any, Any], raw_name: str) -> None:
         group = self._file.require_group(_TMP_GROUP)
         data = np.ascontiguousarray(arr)
-        _write_raw(self.path.parent / raw_name, 0, data)
+        _raw.write_raw(self.path.parent / raw_name, 0, data)
         _hdf5.create_external(group, temporary.rsplit("/", 1)[1], data.dtype, data.shape, raw_name)
 
     def _write_h5(
@@ -856,7 +776,7 @@ class Store:
         if info.layout == "external":
             raw_path, offset, _ = _hdf5.external_files(dataset, self.path.parent)[0]
             # Rows first, extent second: the extent never covers unwritten bytes.
-            _write_raw(raw_path, offset + old * info.row_nbytes, data)
+            _raw.write_raw(raw_path, offset + old * info.row_nbytes, data)
             dataset.id.set_extent((new, *info.shape[1:]))
         else:
             dataset.resize(new, axis=0)
@@ -892,18 +812,6 @@ class Store:
             )
         self._unsupported.pop(name, None)
         self._after_change(raw)
-
-
-def _write_raw(path: Path, offset: int, data: np.ndarray[Any, Any]) -> None:
-    """Write *data*'s bytes into *path* at byte *offset* (the file is created if absent)."""
-    view = memoryview(data.reshape(-1).view(np.uint8).data) if data.size else memoryview(b"")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        written = 0
-        while written < len(view):
-            written += os.pwrite(fd, view[written : written + (1 << 30)], offset + written)
-    finally:
-        os.close(fd)
 
 
 def open_store(

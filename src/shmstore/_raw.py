@@ -1,0 +1,71 @@
+"""The raw files of appendable datasets, in ``<file>.raw/`` beside the HDF5 file.
+
+Each appendable contiguous dataset stores its rows in one raw file that HDF5
+knows as external storage.  Names are stored relative to the HDF5 file's
+directory (``data.h5.raw/spikes.3f9a1c2e.bin``), so the pair can move
+together; a random part keeps a replaced dataset's file apart from its
+successor's until the replacement is complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["new_raw_name", "raw_dir", "remove_orphans", "remove_raw", "write_raw"]
+
+_log = logging.getLogger("shmstore")
+_SUFFIX = ".bin"
+
+
+def raw_dir(store: Path) -> Path:
+    """The directory of the raw files of the HDF5 file *store*."""
+    return store.with_name(store.name + ".raw")
+
+
+def new_raw_name(store: Path, dataset: str) -> str:
+    """A fresh raw file name for *dataset*, relative to *store*'s directory (created)."""
+    directory = raw_dir(store)
+    directory.mkdir(mode=0o755, exist_ok=True)
+    return f"{directory.name}/{dataset.replace('/', '.')}.{secrets.token_hex(4)}{_SUFFIX}"
+
+
+def owned(store: Path, files: Iterable[Path]) -> tuple[str, ...]:
+    """Of *files*, those in *store*'s raw directory, as names relative to its directory."""
+    directory = raw_dir(store)
+    return tuple(str(path.relative_to(store.parent)) for path in files if path.parent == directory)
+
+
+def remove_raw(store: Path, names: Iterable[str]) -> None:
+    """Remove the raw files *names* (relative to *store*'s directory)."""
+    for name in names:
+        (store.parent / name).unlink(missing_ok=True)
+
+
+def remove_orphans(store: Path, referenced: set[Path] | None) -> None:
+    """Remove raw files no dataset refers to (all of them when *referenced* is ``None``)."""
+    directory = raw_dir(store)
+    if not directory.is_dir():
+        return
+    for raw in directory.glob(f"*{_SUFFIX}"):
+        if referenced is None or raw not in referenced:
+            _log.info("%s: removing the unreferenced raw file %s", store, raw.name)
+            raw.unlink(missing_ok=True)
+
+
+def write_raw(path: Path, offset: int, data: np.ndarray[Any, Any]) -> None:
+    """Write the bytes of the C-contiguous *data* into *path* at byte *offset*."""
+    view = memoryview(data.reshape(-1).view(np.uint8).data) if data.size else memoryview(b"")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        written = 0
+        while written < len(view):
+            written += os.pwrite(fd, view[written : written + (1 << 30)], offset + written)
+    finally:
+        os.close(fd)
