@@ -443,6 +443,13 @@ def test_environment_chooses_directory_and_budget(
     assert (cache.directory, cache.budget) == (cache_dir, 3 << 20)
 
 
+def test_a_directory_that_cannot_be_made_is_a_segment_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(shmstore.SegmentError, match="SHMSTORE_DIR"):
+        shmstore.Cache(directory=blocker / "cache")
+
+
 def test_job_shmtmpdir_is_honoured(monkeypatch: pytest.MonkeyPatch, cache_dir: Path) -> None:
     monkeypatch.delenv("SHMSTORE_DIR", raising=False)
     monkeypatch.setenv("JOB_SHMTMPDIR", str(cache_dir))

@@ -159,13 +159,19 @@ class Cache:
 
     def _prepare_directory(self) -> None:
         try:
-            self.directory.mkdir(mode=0o700, parents=False)
-        except FileNotFoundError:
-            self.directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self.directory.mkdir(mode=0o700, exist_ok=True)
-        except FileExistsError:
-            pass
-        st = os.lstat(self.directory)
+            try:
+                self.directory.mkdir(mode=0o700, parents=False)
+            except FileNotFoundError:
+                self.directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self.directory.mkdir(mode=0o700, exist_ok=True)
+            except FileExistsError:
+                pass
+            st = os.lstat(self.directory)
+        except OSError as err:
+            raise SegmentError(
+                f"cannot use {self.directory} as the cache directory ({err.strerror or err}): "
+                "set SHMSTORE_DIR to a directory on a tmpfs this user can write"
+            ) from err
         if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
             raise SegmentError(f"the cache directory {self.directory} is a link or not a directory")
         if st.st_uid != os.getuid():
