@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 import shmstore
-from shmstore._segments import FileIdentity, SegmentSource
+from shmstore._segment import FileIdentity, SegmentSource
 
 ROWS, WIDTH = 2_000, 64  # 1 MiB of float64
 

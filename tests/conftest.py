@@ -1,10 +1,21 @@
-"""Shared fixtures and the hypothesis profiles (``HYPOTHESIS_PROFILE=ci`` or ``deep``)."""
+"""Shared fixtures and the hypothesis profiles.
+
+Profiles: ``ci`` (the default: about 40 examples a test, fast) and ``deep``
+(thousands, for a hunt); pick one with ``HYPOTHESIS_PROFILE=deep``.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pytest
 from hypothesis import HealthCheck, settings
+
+import shmstore
 
 settings.register_profile(
     "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -13,3 +24,58 @@ settings.register_profile(
     "deep", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+SampleStore = Callable[..., Path]
+"""``sample_store(arrays=None, path=None, **write_options) -> Path`` (see the fixture)."""
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    """Where a test's store lives; nothing is there yet."""
+    return tmp_path / "store.h5"
+
+
+@pytest.fixture
+def sample_store(store_path: Path) -> SampleStore:
+    """A factory writing *arrays* (name -> array) into a new store and returning its path.
+
+    ``sample_store()`` writes one small float dataset ``"x"``;
+    ``sample_store({"a": arr}, path=other, chunks=True)`` passes the keyword
+    options to every ``Store.write``.  The store is closed again.
+    """
+
+    def make(
+        arrays: Mapping[str, np.ndarray[Any, Any]] | None = None,
+        path: Path | None = None,
+        **write_options: Any,
+    ) -> Path:
+        target = store_path if path is None else path
+        if arrays is None:
+            arrays = {"x": np.arange(30, dtype="<f8").reshape(10, 3)}
+        with shmstore.open(target, "w") as store:
+            for name, array in arrays.items():
+                store.write(name, array, **write_options)
+        return target
+
+    return make
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_default_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Point the default cache (``shmstore.Cache()``) at a directory of the test session.
+
+    A test that never names a cache must not leave segments in the user's
+    real ``/dev/shm/shmstore-<uid>``.
+    """
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else tmp_path_factory.getbasetemp()
+    directory = base / f"shmstore-session-{os.getpid()}"
+    previous = os.environ.get("SHMSTORE_DIR")
+    os.environ["SHMSTORE_DIR"] = str(directory)
+    yield directory
+    if previous is None:
+        os.environ.pop("SHMSTORE_DIR", None)
+    else:
+        os.environ["SHMSTORE_DIR"] = previous
+    import shutil
+
+    shutil.rmtree(directory, ignore_errors=True)

@@ -69,7 +69,7 @@ def test_a_segment_header_is_valid_against_its_schema(tmp_path: Path) -> None:
     import shutil
     import uuid
 
-    from shmstore._segments import MAGIC
+    from shmstore._segment import _PREFIX, MAGIC
 
     path = tmp_path / "s.h5"
     compound = np.zeros(4, dtype=[("t", ">f8"), ("tag", "S3")])
@@ -81,8 +81,8 @@ def test_a_segment_header_is_valid_against_its_schema(tmp_path: Path) -> None:
             (segment,) = cache.directory.glob("*.seg")
         raw = segment.read_bytes()
         assert raw.startswith(MAGIC)
-        length = int.from_bytes(raw[8:12], "little")
-        header = json.loads(raw[12 : 12 + length])
+        _, length = _PREFIX.unpack_from(raw)
+        header = json.loads(raw[_PREFIX.size : _PREFIX.size + length])
         schema = json.loads((SCHEMAS / "segment.schema.json").read_text())
         jsonschema.validate(header, schema)
         assert header["dtype"]["names"] == ["t", "tag"]

@@ -5,8 +5,8 @@ Open a store with :func:`open`; see ``DESIGN.md`` for the contract.
 
 from __future__ import annotations
 
+from ._cache import Cache, CacheEntry
 from ._handle import Handle
-from ._node_cache import Cache, CacheEntry
 from ._signals import Uninterruptible
 from ._store import Store
 from ._store import open_store as open
@@ -22,6 +22,7 @@ from .errors import (
     ReadOnlyError,
     RowsError,
     SegmentError,
+    SegmentNotFoundError,
     ShmStoreError,
     StoreNotFoundError,
     UnsupportedDtypeError,
@@ -47,6 +48,7 @@ __all__ = [
     "ReadOnlyError",
     "RowsError",
     "SegmentError",
+    "SegmentNotFoundError",
     "ShmStoreError",
     "Store",
     "StoreNotFoundError",

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._node_cache import Cache
-from ._segments import SegmentSource, key_of
+from ._cache import Cache
+from ._segment import SegmentSource, segment_key
 from .errors import RowsError, StoreNotFoundError
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class Handle:
         cache_budget: int,
     ) -> None:
         self._source = source
-        self._key = key_of(source)
+        self._key = segment_key(source)
         self.dtype = dtype
         self.shape = shape
         self._cache_directory = cache_directory
@@ -141,7 +141,7 @@ class Handle:
                 )
             array, source = store._view_array(self.name, (start, stop), mode)
         if source is not None:
-            self._source, self._key = source, key_of(source)
+            self._source, self._key = source, segment_key(source)
             self.dtype, self.shape = array.dtype, array.shape
         return array
 

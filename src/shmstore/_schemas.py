@@ -15,7 +15,7 @@ from typing import Any
 import pydantic
 from pydantic import BaseModel
 
-from ._segments import SegmentHeader
+from ._segment import SegmentHeader
 from .manifest import Manifest
 
 __all__ = ["MODELS", "generator", "main", "render"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -11,42 +12,56 @@ __all__ = ["Uninterruptible"]
 
 _DEFERRED = (signal.SIGINT, signal.SIGTERM)
 
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
+class _State:
+    """The process's deferral: how deep the blocks nest, what arrived, what to restore."""
+
+    depth = 0
+    received: list[int] = []  # noqa: RUF012 - one per process, like the handlers it stands for
+    previous: dict[int, _Handler] = {}  # noqa: RUF012
+
+
+def _record(signum: int, frame: FrameType | None) -> None:
+    del frame
+    if signum not in _State.received:
+        _State.received.append(signum)
+
 
 class Uninterruptible:
     """Defer SIGINT and SIGTERM inside the ``with`` block; re-deliver them on exit.
 
-    A signal that arrives inside the block is recorded, and raised again
-    (once per signal number, in the order received) when the outermost block
-    exits, through the handlers that were installed before the block: a
-    Ctrl-C still interrupts, just not in the middle of the block.  Blocks
-    nest.
+    A signal arriving inside the block is recorded and, when the outermost
+    block exits, raised again through the handlers that were installed
+    before it, once per signal number, in the order received.  So Ctrl-C
+    (``KeyboardInterrupt``) or a scheduler's SIGTERM still stops the process,
+    just not in the middle of the block: shmstore uses it around publishing
+    a segment.  Blocks nest, also with the same instance.
 
-    Python runs signal handlers in the main thread only, so outside the main
-    thread this does nothing: there the block can be interrupted as usual.
+    Outside the main thread this does nothing and the block can be
+    interrupted as usual: Python runs signal handlers, and lets them be
+    changed, in the main thread only.  A signal whose handler was installed
+    by C code rather than Python cannot be restored afterwards, so it is not
+    deferred either.
     """
 
-    _depth = 0
-    _received: list[int] = []  # noqa: RUF012 - process-wide on purpose, like signal handlers
-    _previous: dict[int, Any] = {}  # noqa: RUF012
-
     def __init__(self) -> None:
-        self._active = False
-
-    @classmethod
-    def _record(cls, signum: int, frame: FrameType | None) -> None:
-        del frame
-        if signum not in cls._received:
-            cls._received.append(signum)
+        self._entered: list[bool] = []
 
     def __enter__(self) -> Uninterruptible:
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        self._active = True
-        cls = type(self)
-        if cls._depth == 0:
-            cls._received = []
-            cls._previous = {sig: signal.signal(sig, cls._record) for sig in _DEFERRED}
-        cls._depth += 1
+        active = threading.current_thread() is threading.main_thread()
+        self._entered.append(active)
+        if active:
+            if _State.depth == 0:
+                _State.received = []
+                _State.previous = {}
+                for sig in _DEFERRED:
+                    handler = signal.getsignal(sig)
+                    if handler is not None:
+                        _State.previous[sig] = handler
+                        signal.signal(sig, _record)
+            _State.depth += 1
         return self
 
     def __exit__(
@@ -55,15 +70,21 @@ class Uninterruptible:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self._active:
+        if not self._entered.pop():
             return
-        self._active = False
-        cls = type(self)
-        cls._depth -= 1
-        if cls._depth > 0:
+        _State.depth -= 1
+        if _State.depth > 0:
             return
-        for sig, handler in cls._previous.items():
+        # Handlers first, then the list: a signal arriving in between is then
+        # run by its own handler (Python looks the handler up when it runs it).
+        for sig, handler in _State.previous.items():
             signal.signal(sig, handler)
-        received, cls._received = cls._received, []
+        received, _State.received = _State.received, []
+        first: BaseException | None = None
         for sig in received:
-            signal.raise_signal(sig)
+            try:
+                signal.raise_signal(sig)
+            except BaseException as err:  # KeyboardInterrupt: deliver the rest, then raise it
+                first = first or err
+        if first is not None:
+            raise first

@@ -57,9 +57,9 @@ from .errors import (
 from .manifest import ArrayInfo, Manifest
 
 if TYPE_CHECKING:
+    from ._cache import Cache
     from ._handle import Handle
-    from ._node_cache import Cache
-    from ._segments import SegmentSource
+    from ._segment import SegmentSource
 
 __all__ = ["Mode", "Store", "ViewMode", "open_store"]
 
@@ -411,7 +411,7 @@ class Store:
 
     def _segment_source(self, info: ArrayInfo, start: int, stop: int) -> SegmentSource:
         """What a cached copy of these rows is a copy of: files (by identity), dataset, version."""
-        from ._segments import FileIdentity, SegmentSource
+        from ._segment import FileIdentity, SegmentSource
 
         return SegmentSource(
             path=str(self.path),

@@ -20,6 +20,7 @@ __all__ = [
     "ReadOnlyError",
     "RowsError",
     "SegmentError",
+    "SegmentNotFoundError",
     "ShmStoreError",
     "StoreNotFoundError",
     "UnsupportedDtypeError",
@@ -83,6 +84,10 @@ class UnsupportedDtypeError(ShmStoreError, TypeError):
 
 class SegmentError(ShmStoreError, OSError):
     """A cache file is damaged, foreign, or unsafe to map."""
+
+
+class SegmentNotFoundError(ShmStoreError, KeyError):
+    """The cache holds no segment of that key (never loaded, or evicted)."""
 
 
 class CacheFullError(ShmStoreError, OSError):

@@ -1,0 +1,927 @@
+"""The node cache: one directory of shared-memory segments per node and user.
+
+It caches "the bytes of (source, dataset, rows)", filled by a callback its
+caller gives, and knows nothing of HDF5.  The invariants of DESIGN.md it
+keeps, and how:
+
+1. One copy per node: a load runs under the key's lock file
+   (``<key>.lock``); whoever waited on it finds the segment published and
+   maps it.
+2. Never partial: a segment is built under a temporary name
+   (``<key>.<pid>.<random>.tmp``) and published by an atomic rename.
+4. Never SIGBUS: room is made within the budget (least recently used
+   unmapped segments are evicted) and the file's space is reserved with
+   ``posix_fallocate`` before a byte is written, evicting more if the file
+   system is short; no room gives :class:`CacheFullError`.
+5. Never evict what is in use: a mapping holds a shared ``flock`` on its
+   segment; removal needs the exclusive one and never waits for it.
+7. Nobody else gets in: the directory is 0700 and files 0600, of this
+   user, checked on every open; links are never followed; keys are
+   validated, so no name leaves the directory.
+
+Files in the directory: ``<key>.seg`` (published segments), ``<key>.lock``
+(load locks), ``<key>.<pid>.<hex>.tmp`` (segments being built; the loader
+holds a shared ``flock`` on it), ``budget.lock`` (held while space is
+measured, made and reserved, and by ``gc``).
+
+Within a process, mappings are shared: a second request for a segment the
+process already maps returns a new array on the same mapping, and the
+mapping (and its lock) goes when the last array on it is garbage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import logging
+import operator
+import os
+import re
+import secrets
+import shutil
+import stat
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import filelock
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from ._segment import (
+    SEGMENT_SUFFIX,
+    FileIdentity,
+    SegmentHeader,
+    SegmentSource,
+    check_key,
+    create_segment,
+    map_readonly,
+    map_writable,
+    new_header,
+    open_segment,
+    read_header,
+    segment_key,
+    try_lock_exclusive,
+    view_of,
+)
+from ._signals import Uninterruptible
+from .errors import (
+    ArgumentError,
+    CacheFullError,
+    LockTimeoutError,
+    SegmentError,
+    SegmentNotFoundError,
+)
+
+__all__ = [
+    "ENV_BUDGET",
+    "ENV_DIRECTORY",
+    "Cache",
+    "CacheEntry",
+    "FileIdentity",
+    "SegmentHeader",
+    "SegmentSource",
+    "default_directory",
+    "parse_budget",
+]
+
+_log = logging.getLogger("shmstore")
+
+ENV_DIRECTORY = "SHMSTORE_DIR"
+ENV_BUDGET = "SHMSTORE_BUDGET"
+_DEFAULT_BUDGET = "50%"
+_BUDGET_LOCK = "budget.lock"
+_LOCK_SUFFIX = ".lock"
+_SEGMENT_NAME = re.compile(r"([0-9a-f]{32})\.seg")
+_TEMPORARY_NAME = re.compile(r"([0-9a-f]{32})\.[0-9]+\.[0-9a-f]{8}\.tmp")
+_LOCK_NAME = re.compile(r"([0-9a-f]{32})\.lock")
+_UID = os.getuid()
+_OPEN_ANY = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_ACCESS_RESOLUTION_NS = 100_000_000  # an access time this recent (ns) is not rewritten
+_ATTACH_ATTEMPTS = 8  # a name evicted and reloaded between our open and lock, again and again
+
+_BUDGET_TEXT = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:([KMGT])(?:I?B)?|(%)|B)?", re.IGNORECASE)
+_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_BUDGET_FORMS = (
+    "bytes (1000000), a size with K, M, G or T in powers of 1024 (64G, 1.5T), "
+    "or a share of the file system holding the cache directory (50%)"
+)
+
+
+def default_directory() -> Path:
+    """The cache directory when none is given.
+
+    ``$SHMSTORE_DIR``, else ``$JOB_SHMTMPDIR/shmstore`` (the per-job tmpfs of
+    SLURM sites that set it), else ``/dev/shm/shmstore-<uid>``.
+    """
+    chosen = os.environ.get(ENV_DIRECTORY, "").strip()
+    if chosen:
+        return Path(chosen)
+    job = os.environ.get("JOB_SHMTMPDIR", "").strip()
+    if job:
+        return Path(job) / "shmstore"
+    return Path("/dev/shm") / f"shmstore-{_UID}"
+
+
+def parse_budget(value: int | str, directory: str | os.PathLike[str], what: str = "budget") -> int:
+    """The cache budget in bytes that *value* stands for.
+
+    :param value: bytes as an int or a string (``"1000000"``); a size with
+        K, M, G or T, powers of 1024 (``"64G"``, ``"64GiB"``, ``"1.5T"``); or a
+        percentage of the size of the file system holding *directory*
+        (``"50%"``).
+    :param what: names the value in the error (``"SHMSTORE_BUDGET"``).
+    :raises ArgumentError: (a ``ValueError``) anything else, or not at least 1 byte.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ArgumentError(f"invalid {what} {value!r}: give {_BUDGET_FORMS}")
+    if isinstance(value, int):
+        if value < 1:
+            raise ArgumentError(f"invalid {what} {value}: it must be at least 1 byte")
+        return value
+    match = _BUDGET_TEXT.fullmatch(value.strip())
+    if match is None:
+        raise ArgumentError(f"invalid {what} {value!r}: give {_BUDGET_FORMS}")
+    number, unit, percent = float(match.group(1)), match.group(2), match.group(3)
+    if percent:
+        if not 0 < number <= 100:
+            raise ArgumentError(f"invalid {what} {value!r}: a percentage must be in (0, 100]")
+        vfs = os.statvfs(directory)
+        budget = int(vfs.f_blocks * vfs.f_frsize * number / 100)
+    else:
+        budget = int(number * _UNITS[unit.upper()]) if unit else int(number)
+    if budget < 1:
+        raise ArgumentError(f"invalid {what} {value!r}: it must come to at least 1 byte")
+    return budget
+
+
+class CacheEntry(BaseModel):
+    """One published segment, as :meth:`Cache.entries` reports it.
+
+    :param key: the segment's key.
+    :param path: the source file the rows are a copy of.
+    :param rows: ``(start, stop)``, rows ``[start, stop)`` of *dataset*.
+    :param nbytes: bytes of data (the file is a page or so larger).
+    :param in_use: some process maps it (it cannot be evicted now).
+    :param last_access: unix time in seconds of the last new mapping of it.
+    :param created: unix time in seconds of its load.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: str
+    path: str
+    dataset: str
+    rows: tuple[int, int]
+    nbytes: int
+    in_use: bool
+    last_access: float
+    created: float
+
+
+# -- the process's mappings -----------------------------------------------------
+
+
+class _Mapped(NamedTuple):
+    base: weakref.ReferenceType[Any]
+    header: SegmentHeader
+
+
+# Segment path -> this process's mapping of it (weakly: the arrays keep it alive).
+_MAPPINGS: dict[str, _Mapped] = {}
+
+
+def _remember(path: str, base: object, header: SegmentHeader) -> None:
+    def forget(ref: weakref.ReferenceType[Any]) -> None:
+        entry = _MAPPINGS.get(path)
+        if entry is not None and entry.base is ref:
+            _MAPPINGS.pop(path, None)
+
+    _MAPPINGS[path] = _Mapped(weakref.ref(base, forget), header)
+
+
+def _reuse(path: str) -> np.ndarray[Any, Any] | None:
+    entry = _MAPPINGS.get(path)
+    if entry is None:
+        return None
+    base = entry.base()
+    return None if base is None else view_of(base, entry.header)
+
+
+def _forget_mappings_after_fork() -> None:
+    # A forked child inherits its parent's mappings, but their locks belong to
+    # open file descriptions the parent shares: the child maps afresh.
+    _MAPPINGS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_mappings_after_fork)
+
+
+# -- files of the directory -------------------------------------------------------
+
+
+class _Kind(enum.Enum):
+    SEGMENT = "segment"
+    TEMPORARY = "temporary"
+    LOCK = "lock"
+    BUDGET_LOCK = "budget lock"
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class _Listed:
+    name: str
+    path: str
+    kind: _Kind
+    key: str
+    st: os.stat_result  # lstat
+
+    @property
+    def allocated(self) -> int:
+        """Bytes of the file system the file takes."""
+        return self.st.st_blocks * 512 if stat.S_ISREG(self.st.st_mode) else 0
+
+
+def _kind_of(name: str) -> tuple[_Kind, str]:
+    for kind, pattern in (
+        (_Kind.SEGMENT, _SEGMENT_NAME),
+        (_Kind.TEMPORARY, _TEMPORARY_NAME),
+        (_Kind.LOCK, _LOCK_NAME),
+    ):
+        match = pattern.fullmatch(name)
+        if match is not None:
+            return kind, match.group(1)
+    return (_Kind.BUDGET_LOCK if name == _BUDGET_LOCK else _Kind.OTHER), ""
+
+
+class _Removal(enum.Enum):
+    REMOVED = "removed"
+    GONE = "gone already"
+    IN_USE = "in use"
+    REFUSED = "refused"
+
+
+def _remove_unused(path: str) -> tuple[_Removal, str]:
+    """Unlink the cache file *path* if no process holds a ``flock`` on it.
+
+    Returns what happened and, when refused, why.  Never follows a link,
+    never removes a file of another user, never waits.
+    """
+    try:
+        fd = os.open(path, _OPEN_ANY)
+    except FileNotFoundError:
+        return _Removal.GONE, ""
+    except OSError as err:
+        return _Removal.REFUSED, f"cannot open it ({err.strerror})"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return _Removal.REFUSED, "it is not a regular file"
+        if st.st_uid != _UID:
+            return _Removal.REFUSED, f"it belongs to uid {st.st_uid}, not to this user"
+        if not try_lock_exclusive(fd):
+            return _Removal.IN_USE, ""
+        # Unlink only the file we hold locked: the name may have been evicted
+        # and loaded again between our open and our lock.
+        try:
+            now = os.lstat(path)
+        except FileNotFoundError:
+            return _Removal.GONE, ""
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            return _Removal.GONE, ""
+        os.unlink(path)
+        return _Removal.REMOVED, ""
+    finally:
+        os.close(fd)  # releases the exclusive lock, after the unlink
+
+
+def _prepare_directory(directory: Path) -> None:
+    """Create *directory* 0700, or check an existing one is this user's and private.
+
+    :raises SegmentError: a symbolic link, not a directory, or another user's.
+    """
+    try:
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                directory.mkdir(mode=0o700)
+    except OSError as err:  # a file in the way, a read-only or missing /dev/shm, ...
+        raise SegmentError(
+            f"cannot create the cache directory {directory} ({err.strerror or err}): set "
+            f"{ENV_DIRECTORY} to a directory on a tmpfs this user can write"
+        ) from err
+    # Checked through a descriptor, so what is checked is what is changed.
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        # O_DIRECTORY | O_NOFOLLOW answers ENOTDIR for a link to a directory too.
+        if err.errno in (errno.ELOOP, errno.ENOTDIR) and directory.is_symlink():
+            problem = "is a symbolic link (links are not followed: name the real directory)"
+        elif err.errno == errno.ENOTDIR:
+            problem = "is not a directory"
+        else:
+            problem = f"cannot be opened ({err.strerror})"
+        raise SegmentError(f"the cache directory {directory} {problem}") from err
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != _UID:
+            raise SegmentError(
+                f"the cache directory {directory} belongs to uid {st.st_uid}, not to this user "
+                f"(uid {_UID}); set {ENV_DIRECTORY} to a directory of your own"
+            )
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            _log.warning(
+                "cache directory %s had mode %o, open to group or others; tightened to 700",
+                directory,
+                mode,
+            )
+        if mode != 0o700:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
+def _acquire(lock: filelock.BaseFileLock) -> None:
+    """Acquire *lock*, translating a link planted under its name.
+
+    :raises SegmentError: the lock file is a symbolic link (``gc`` removes it).
+    :raises filelock.Timeout: the lock's timeout passed.
+    """
+    try:
+        lock.acquire()
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        raise SegmentError(
+            f"refusing lock file {lock.lock_file}: it is a symbolic link; Cache.gc() removes it"
+        ) from err
+
+
+def _describe_segment(path: str, key: str) -> str:
+    """``key (N bytes, source)`` of a segment for messages, as far as it can be read."""
+    try:
+        fd, st = open_segment(path)
+    except (OSError, SegmentError):
+        return key
+    try:
+        header = read_header(fd, st, path, key)
+    except SegmentError:
+        return f"{key} ({st.st_size} bytes)"
+    finally:
+        os.close(fd)
+    return f"{key} ({header.nbytes} bytes of {header.source.describe()})"
+
+
+def _holders(busy: Sequence[_Listed]) -> str:
+    if not busy:
+        return "no cached segment is in use"
+    listed = ", ".join(_describe_segment(f.path, f.key) for f in busy[:8])
+    more = f" and {len(busy) - 8} more" if len(busy) > 8 else ""
+    total = sum(f.st.st_size for f in busy)
+    return f"{len(busy)} segments in use hold {total} bytes: {listed}{more}"
+
+
+class Cache:
+    """The shared-memory cache of this node: one directory per user, a budget in bytes.
+
+    :param directory: where segments live; default :func:`default_directory`.
+        Created 0700 if absent (parents too); an existing one must be this
+        user's, and is tightened to 0700 if open to group or others.
+    :param budget: bytes the cached segments may take, as :func:`parse_budget`
+        reads it (``1 << 30``, ``"64G"``, ``"50%"``); default
+        ``$SHMSTORE_BUDGET``, else 50 % of the file system holding *directory*.
+    :raises SegmentError: the directory is a link, not a directory, or another user's.
+    :raises ArgumentError: the budget (argument or variable) cannot be read.
+
+    Every process of the node that makes a ``Cache`` of the same directory
+    shares its segments.  A ``Cache`` holds no open files: it pickles as its
+    directory and budget and is cheap to make.
+    """
+
+    directory: Path
+    budget: int
+
+    def __init__(
+        self, directory: str | os.PathLike[str] | None = None, budget: int | str | None = None
+    ) -> None:
+        if directory is not None and not os.fspath(directory):
+            raise ArgumentError("the cache directory is an empty path; give a directory or None")
+        chosen = default_directory() if directory is None else Path(directory)
+        # abspath, not resolve: the last component must not be a link, and is checked.
+        self.directory = Path(os.path.abspath(chosen))
+        self._prefix = f"{self.directory}{os.sep}"
+        _prepare_directory(self.directory)
+        if budget is None:
+            from_env = os.environ.get(ENV_BUDGET, "").strip()
+            if from_env:
+                self.budget = parse_budget(from_env, self.directory, ENV_BUDGET)
+            else:
+                self.budget = parse_budget(_DEFAULT_BUDGET, self.directory)
+        else:
+            self.budget = parse_budget(budget, self.directory, "cache budget")
+
+    def __repr__(self) -> str:
+        return f"Cache(directory={str(self.directory)!r}, budget={self.budget})"
+
+    def __reduce__(self) -> tuple[type[Cache], tuple[str, int]]:
+        return (type(self), (str(self.directory), self.budget))
+
+    # -- keys and names -----------------------------------------------------------
+
+    def key(self, source: SegmentSource) -> str:
+        """The key of the segment holding a copy of *source*: 32 hexadecimal digits.
+
+        The same on every process for the same source (see :func:`segment_key`).
+        """
+        return segment_key(source)
+
+    def _segment_path(self, key: str) -> str:
+        return f"{self._prefix}{key}{SEGMENT_SUFFIX}"
+
+    # -- mapping ------------------------------------------------------------------
+
+    def _find(self, key: str) -> np.ndarray[Any, Any] | None:
+        """Map the published segment *key* (a checked key), or ``None`` if there is none."""
+        path = self._segment_path(key)
+        array = _reuse(path)
+        if array is not None:
+            return array
+        for _ in range(_ATTACH_ATTEMPTS):
+            try:
+                fd, st = open_segment(path, shared=True)
+            except FileNotFoundError:
+                return None
+            try:
+                if st.st_nlink == 0:
+                    # An evictor unlinked the name between our open and our
+                    # lock (and a loader may have published it again): the
+                    # pages would be no one's.  Look at the name again.
+                    continue
+                header = read_header(fd, st, path, key)
+                base, array = map_readonly(fd, header)
+                now = time.time_ns()
+                if now - st.st_atime_ns > _ACCESS_RESOLUTION_NS:
+                    # The access time orders least-recently-used eviction.
+                    os.utime(fd, ns=(now, st.st_mtime_ns))
+            finally:
+                os.close(fd)  # the mapping keeps its own descriptor, and with it the lock
+            _remember(path, base, header)
+            return array
+        raise SegmentError(
+            f"{path} was replaced {_ATTACH_ATTEMPTS} times while being mapped; "
+            "another process evicts and reloads it in a loop"
+        )
+
+    def attach(self, key: str) -> np.ndarray[Any, Any]:
+        """Map the segment *key* read-only, knowing nothing but its key.
+
+        Another array on the same mapping if this process already maps it
+        (a dictionary look-up); else a new mapping, microseconds whatever
+        the size: no byte of data is read.
+
+        :raises SegmentNotFoundError: (a ``KeyError``) no such segment: never
+            loaded, or evicted.
+        :raises SegmentError: *key* is not a key, or the file is damaged,
+            foreign or unsafe (it is never mapped).
+        """
+        array = self._find(check_key(key))
+        if array is None:
+            raise SegmentNotFoundError(
+                f"the cache {self.directory} holds no segment {key}: it was never loaded "
+                "or was evicted; load it again through its store"
+            )
+        return array
+
+    def find(self, key: str) -> np.ndarray[Any, Any] | None:
+        """Like :meth:`attach`, but ``None`` when there is no segment *key*."""
+        return self._find(check_key(key))
+
+    def lookup(self, source: SegmentSource) -> np.ndarray[Any, Any] | None:
+        """The node's copy of *source*, mapped read-only, or ``None``; never loads.
+
+        :raises SegmentError: the file of its key is damaged, foreign or unsafe.
+        """
+        return self._find(segment_key(source))
+
+    def get(
+        self,
+        source: SegmentSource,
+        dtype: np.dtype[Any],
+        shape: tuple[int, ...],
+        fill: Callable[[np.ndarray[Any, Any]], object],
+        *,
+        on_load: Callable[[], object] | None = None,
+        timeout: float | None = None,
+    ) -> np.ndarray[Any, Any]:
+        """The node's copy of *source*, mapped read-only; loaded with *fill* if absent.
+
+        If no process has loaded it, this one does, under the key's lock
+        file (processes asking meanwhile wait, then map what it made): room
+        is made in the budget, the file's space reserved, *fill* is called
+        with a writeable C-ordered array of *dtype* and *shape* on the new
+        segment and must fill all of it, and the segment is published by a
+        rename.  *fill* must not keep the array.
+
+        :param on_load: called once, under the lock, when this call is the
+            one that loads, before any space is taken (to count loads, or to
+            check the source once more); an exception from it aborts the load.
+        :param timeout: seconds to wait for another process's load; ``None``
+            waits as long as it takes.
+        :raises CacheFullError: (an ``OSError``) no room in the budget or on
+            the file system, and nothing unused to evict; the message says
+            how many bytes were needed and which segments hold the space.
+        :raises LockTimeoutError: another process was still loading after *timeout*.
+        :raises SegmentError: an unsafe or damaged file is where the segment
+            should be (``gc`` removes it), the cached copy has another dtype
+            or shape than asked, or *fill* kept the array it was given.
+        :raises ArgumentError: a dtype holding Python objects or of no bytes,
+            or a negative dimension.
+        Whatever *fill* raises propagates, and nothing is published.
+        """
+        dtype = np.dtype(dtype)
+        shape = tuple(operator.index(n) for n in shape)
+        key = segment_key(source)
+        array = self._find(key)
+        if array is None:
+            array = self._load_once(
+                key, source, dtype=dtype, shape=shape, fill=fill, on_load=on_load, timeout=timeout
+            )
+        if array.dtype != dtype or array.shape != shape:
+            raise SegmentError(
+                f"the cached copy of {source.describe()} (segment {key}) holds "
+                f"{array.dtype} {array.shape}, not the {dtype} {shape} asked for: evict it "
+                "if the source was described wrongly when it was loaded"
+            )
+        return array
+
+    def _load_once(
+        self,
+        key: str,
+        source: SegmentSource,
+        *,
+        dtype: np.dtype[Any],
+        shape: tuple[int, ...],
+        fill: Callable[[np.ndarray[Any, Any]], object],
+        on_load: Callable[[], object] | None,
+        timeout: float | None,
+    ) -> np.ndarray[Any, Any]:
+        lock_path = f"{self._prefix}{key}{_LOCK_SUFFIX}"
+        lock = filelock.FileLock(lock_path, mode=0o600, timeout=-1 if timeout is None else timeout)
+        try:
+            _acquire(lock)
+        except filelock.Timeout as err:
+            raise LockTimeoutError(
+                f"waited {timeout} s for another process loading {source.describe()} "
+                f"(it holds {lock_path}); it is still loading, or hangs"
+            ) from err
+        try:
+            # The process we waited for has most likely loaded it.
+            array = self._find(key)
+            if array is not None:
+                return array
+            if on_load is not None:
+                on_load()
+            return self._load(key, source, dtype, shape, fill)
+        finally:
+            lock.release()
+
+    def _load(
+        self,
+        key: str,
+        source: SegmentSource,
+        dtype: np.dtype[Any],
+        shape: tuple[int, ...],
+        fill: Callable[[np.ndarray[Any, Any]], object],
+    ) -> np.ndarray[Any, Any]:
+        header = new_header(key, source, dtype, shape)
+        path = self._segment_path(key)
+        temporary = f"{self._prefix}{key}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        started = time.monotonic()
+        fd = self._reserve(temporary, header)
+        try:
+            _fill_segment(fd, header, fill)
+            with Uninterruptible():
+                # The rename is the publication: before it no process can find
+                # the segment, after it every process finds it whole.  Done
+                # with SIGINT/SIGTERM deferred, so an interrupted loader has
+                # either published and registered its mapping, or nothing.
+                os.rename(temporary, path)
+                # fd still holds the loader's shared lock, so no evictor can
+                # take the segment between the rename and this mapping.
+                base, array = map_readonly(fd, header)
+                _remember(path, base, header)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+        finally:
+            os.close(fd)
+        _log.info(
+            "loaded %s into segment %s (%d bytes) in %.3f s",
+            source.describe(),
+            key,
+            header.nbytes,
+            time.monotonic() - started,
+        )
+        return array
+
+    # -- space --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _budget_lock(self) -> Iterator[None]:
+        # One process at a time measures, evicts and reserves, so two loads
+        # cannot both count the same free bytes; gc holds it too, so it only
+        # ever sees temporary files whose loader already holds their lock.
+        lock = filelock.FileLock(f"{self._prefix}{_BUDGET_LOCK}", mode=0o600)
+        _acquire(lock)
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _list(self) -> list[_Listed]:
+        listed = []
+        with os.scandir(self.directory) as found:
+            for entry in found:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                kind, key = _kind_of(entry.name)
+                listed.append(_Listed(entry.name, entry.path, kind, key, st))
+        listed.sort(key=lambda f: f.name)
+        return listed
+
+    def _reserve(self, temporary: str, header: SegmentHeader) -> int:
+        """Create *temporary* with its space reserved, evicting unused segments to make room.
+
+        :returns: its descriptor (see :func:`create_segment`).
+        :raises CacheFullError: no room in the budget or the file system.
+        """
+        needed = header.file_size
+        what = header.source.describe()
+        if needed > self.budget:
+            raise CacheFullError(
+                f"{what} needs {needed} bytes of cache, more than its whole budget of "
+                f"{self.budget} bytes ({self.directory}); raise {ENV_BUDGET} or ask for fewer rows"
+            )
+        with self._budget_lock():
+            self._remove_leftovers()
+            listed = self._list()
+            used = sum(f.allocated for f in listed if f.kind in (_Kind.SEGMENT, _Kind.TEMPORARY))
+            oldest_first = iter(
+                sorted(
+                    (f for f in listed if f.kind is _Kind.SEGMENT),
+                    key=lambda f: f.st.st_atime_ns,
+                )
+            )
+            busy: list[_Listed] = []
+
+            def evict_one() -> int | None:
+                """Evict the least recently used unmapped segment; bytes freed, None if none."""
+                for candidate in oldest_first:
+                    outcome, why = _remove_unused(candidate.path)
+                    if outcome is _Removal.REMOVED:
+                        _log.info("evicted segment %s to make room", candidate.key)
+                        return candidate.allocated
+                    if outcome is _Removal.GONE:
+                        return candidate.allocated
+                    if outcome is _Removal.IN_USE:
+                        busy.append(candidate)
+                    else:
+                        _log.warning("cannot evict %s: %s", candidate.path, why)
+                return None
+
+            while used + needed > self.budget:
+                freed = evict_one()
+                if freed is None:
+                    raise CacheFullError(
+                        f"no room in the cache {self.directory} for {what}: it needs {needed} "
+                        f"bytes, the budget is {self.budget} bytes and {used} are taken; "
+                        f"{_holders(busy)}. Drop the arrays that map them (or unpin their "
+                        f"handles), or raise {ENV_BUDGET}"
+                    )
+                used -= freed
+            while True:
+                try:
+                    return create_segment(temporary, header)
+                except OSError as err:
+                    if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    # The budget allows it but the file system is full (other
+                    # files share it): evict on, then try again.
+                    if evict_one() is None:
+                        free = shutil.disk_usage(self.directory).free
+                        raise CacheFullError(
+                            f"the file system holding the cache {self.directory} is full: "
+                            f"{what} needs {needed} bytes and {free} are free; "
+                            f"{_holders(busy)}, the rest is taken by other files"
+                        ) from err
+
+    def _remove_leftovers(self) -> list[str]:
+        """Remove the temporary files of loaders that died (their lock died with them).
+
+        Called under the budget lock, so a live loader's file is always locked.
+        """
+        removed = []
+        for f in self._list():
+            if f.kind is not _Kind.TEMPORARY:
+                continue
+            outcome, why = _remove_unused(f.path)
+            if outcome is _Removal.REMOVED:
+                _log.info("removed %s, left by a loader that died", f.name)
+                removed.append(f.name)
+            elif outcome is _Removal.REFUSED:
+                _log.warning("left %s alone: %s", f.path, why)
+        return removed
+
+    # -- inspection, eviction, garbage collection -------------------------------------
+
+    def entries(self) -> list[CacheEntry]:
+        """Every published segment, sorted by key: source, rows, bytes, in use or not.
+
+        Files that are not valid segments are left out, each with a warning
+        in the log (``gc`` removes the damaged ones).
+        """
+        found = []
+        for f in self._list():
+            if f.kind is not _Kind.SEGMENT:
+                continue
+            try:
+                fd, st = open_segment(f.path)
+            except FileNotFoundError:
+                continue
+            except SegmentError as err:
+                _log.warning("entries: ignoring %s", err)
+                continue
+            try:
+                header = read_header(fd, st, f.path, f.key)
+                in_use = not try_lock_exclusive(fd)
+            except SegmentError as err:
+                _log.warning("entries: ignoring %s", err)
+                continue
+            finally:
+                os.close(fd)
+            found.append(
+                CacheEntry(
+                    key=f.key,
+                    path=header.source.path,
+                    dataset=header.source.dataset,
+                    rows=(header.source.start, header.source.stop),
+                    nbytes=header.nbytes,
+                    in_use=in_use,
+                    last_access=st.st_atime_ns / 1e9,
+                    created=header.created,
+                )
+            )
+        return found
+
+    def evict(self, keys: Iterable[str] | None = None, *, all: bool = False) -> list[str]:
+        """Remove the segments *keys*, or every one with ``all=True``, that no process maps.
+
+        A mapped segment is kept (and logged): never waits, never fails for it.
+
+        :returns: the keys removed.
+        :raises ArgumentError: neither *keys* nor ``all=True``, or both.
+        :raises SegmentError: one of *keys* is not a key.
+        """
+        if all == (keys is not None):
+            raise ArgumentError("evict() takes the keys to evict, or all=True (not both)")
+        if all:
+            targets = [f.key for f in self._list() if f.kind is _Kind.SEGMENT]
+        else:
+            targets = [check_key(k) for k in ([keys] if isinstance(keys, str) else keys or ())]
+        removed = []
+        for key in targets:
+            outcome, why = _remove_unused(self._segment_path(key))
+            if outcome is _Removal.REMOVED:
+                _log.info("evicted segment %s", key)
+                removed.append(key)
+            elif outcome is _Removal.IN_USE:
+                _log.info("kept segment %s: a process maps it", key)
+            elif outcome is _Removal.REFUSED:
+                _log.warning("left %s alone: %s", self._segment_path(key), why)
+        return removed
+
+    def clear(self) -> list[str]:
+        """Evict every segment no process maps; returns the keys removed."""
+        return self.evict(all=True)
+
+    def gc(self) -> list[str]:
+        """Remove what no process needs, and return the names of the files removed.
+
+        * temporary files of loaders that died (no lock on them);
+        * lock files of keys with no segment, that no load holds;
+        * segments that fail validation (damaged, wrong mode), or are stale:
+          a file of their source is gone or changed (device, inode, size,
+          mtime) - unless a process maps them, then they are kept;
+        * symbolic links planted under a cache file's name.
+
+        Never a mapped segment; never a file of another user or a file of a
+        name shmstore does not make (each kept file is logged, with why).
+        """
+        removed: list[str] = []
+        with self._budget_lock():
+            # Lock files last, so that the lock of a segment removed now goes too.
+            listed = sorted(self._list(), key=lambda f: f.kind is _Kind.LOCK)
+            for f in listed:
+                reason = self._garbage(f)
+                if reason is None:
+                    _log.debug("gc kept %s", f.name)
+                    continue
+                if stat.S_ISLNK(f.st.st_mode):
+                    # A link in our own directory: removing it never touches its target.
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(f.path)
+                    outcome, why = _Removal.REMOVED, ""
+                else:
+                    outcome, why = _remove_unused(f.path)
+                if outcome is _Removal.REMOVED:
+                    _log.info("gc removed %s: %s", f.name, reason)
+                    removed.append(f.name)
+                elif outcome is _Removal.IN_USE:
+                    _log.info("gc kept %s (%s): a process holds it", f.name, reason)
+                elif outcome is _Removal.REFUSED:
+                    _log.warning("gc left %s alone (%s): %s", f.path, reason, why)
+        return removed
+
+    def _garbage(self, f: _Listed) -> str | None:
+        """Why *f* is garbage, or ``None`` to keep it (logging why when it is odd)."""
+        if f.kind is _Kind.OTHER:
+            _log.warning(
+                "gc left %s alone: not a file shmstore makes; remove it by hand if unneeded", f.path
+            )
+            return None
+        if stat.S_ISLNK(f.st.st_mode):
+            return "a symbolic link where a cache file belongs"
+        if f.kind is _Kind.BUDGET_LOCK:
+            return None
+        if not stat.S_ISREG(f.st.st_mode) or f.st.st_uid != _UID:
+            owner = f"uid {f.st.st_uid}'s" if f.st.st_uid != _UID else "not a regular file"
+            _log.warning("gc left %s alone: %s, not this user's cache file", f.path, owner)
+            return None
+        if f.kind is _Kind.TEMPORARY:
+            return "left by a loader that died"  # removed only if unlocked: its loader is gone
+        if f.kind is _Kind.LOCK:
+            if os.path.lexists(self._segment_path(f.key)):
+                return None
+            return "a lock file without its segment"  # removed only if no load holds it
+        try:
+            fd, st = open_segment(f.path)
+        except FileNotFoundError:
+            return None
+        except SegmentError as err:
+            return f"unsafe: {err}"
+        try:
+            header = read_header(fd, st, f.path, f.key)
+        except SegmentError as err:
+            return f"damaged: {err}"
+        finally:
+            os.close(fd)
+        for identity in header.source.identity:
+            try:
+                if not identity.is_current():
+                    return f"stale: {identity.path} changed or is gone"
+            except OSError as err:
+                _log.info("gc kept %s: cannot check its source %s (%s)", f.name, identity.path, err)
+                return None
+        return None
+
+
+def _fill_segment(
+    fd: int, header: SegmentHeader, fill: Callable[[np.ndarray[Any, Any]], object]
+) -> None:
+    """Map the new segment writeable, let *fill* write it, unmap it.
+
+    :raises SegmentError: *fill* kept a reference to the array, which would
+        leave a writeable view on shared pages after publication.
+    """
+    mapping, target = map_writable(fd, header)
+    try:
+        fill(target)
+    except BaseException:
+        del target
+        if mapping is not None:
+            # The traceback may still hold the array; the pages go with it.
+            with contextlib.suppress(BufferError):
+                mapping.close()
+        raise
+    del target
+    if mapping is not None:
+        try:
+            mapping.close()
+        except BufferError as err:
+            raise SegmentError(
+                f"the fill of {header.source.describe()} kept a reference to the array it "
+                "was given; a writeable view of shared pages must not outlive the load, so "
+                "the segment was not published"
+            ) from err
