@@ -120,7 +120,8 @@ def dtype_from_spec(spec: Any) -> np.dtype[Any]:
                     "itemsize": int(spec["itemsize"]),
                 }
             )
-    except (TypeError, ValueError, KeyError) as err:
+    # numpy parses comma-separated dtype strings as Python: "i4,(2" is a SyntaxError
+    except (TypeError, ValueError, KeyError, SyntaxError, RecursionError) as err:
         raise ValueError(f"not a valid dtype spec: {spec!r} ({err})") from err
     raise ValueError(f"not a valid dtype spec: {spec!r}")
 

@@ -24,6 +24,7 @@ __all__ = [
     "data_ranges",
     "describe",
     "external_files",
+    "external_spans",
     "open_dataset",
     "walk_datasets",
 ]
@@ -96,6 +97,14 @@ def describe(dataset: h5py.Dataset, name: str, version: int = 0) -> ArrayInfo | 
     dtype = dataset.dtype
     if dataset.shape is None:
         return f"{name!r} is an empty (null dataspace) dataset and holds no array"
+    if dtype.subdtype is not None:
+        # numpy folds an array element type into the shape, so neither the
+        # dtype nor the shape a read returns would be the dataset's own.
+        base, inner = dtype.subdtype
+        return (
+            f"{name!r} has the HDF5 array type {dtype} as its element type, which shmstore does "
+            f"not serve: rewrite it with shape {(*dataset.shape, *inner)} and dtype {base}"
+        )
     if not is_supported(dtype):
         return unsupported_reason(dtype, repr(name))
     dcpl = dataset.id.get_create_plist()
@@ -130,6 +139,29 @@ def external_files(dataset: h5py.Dataset, origin: Path) -> list[tuple[Path, int,
         path = Path(os.fsdecode(raw_name))
         files.append((path if path.is_absolute() else origin / path, int(offset), int(size)))
     return files
+
+
+def external_spans(
+    dataset: h5py.Dataset, origin: Path, start: int, stop: int
+) -> list[tuple[Path, int, int]]:
+    """Where bytes ``[start, stop)`` of *dataset*'s data lie: ``(path, file offset, length)``.
+
+    The data runs through the external files in order, each holding its
+    declared size (the last may be unlimited).  Bytes past the end of the
+    last file's size are in no span: the lengths then add up to less than
+    ``stop - start``.
+    """
+    spans: list[tuple[Path, int, int]] = []
+    begins = 0  # offset in the data where the current file's part begins
+    for path, offset, size in external_files(dataset, origin):
+        ends = stop if size == h5f.UNLIMITED else begins + size
+        low, high = max(start, begins), min(stop, ends)
+        if low < high:
+            spans.append((path, offset + low - begins, high - low))
+        if ends >= stop:
+            break
+        begins = ends
+    return spans
 
 
 def create_external(

@@ -45,7 +45,12 @@ def _parse(file: h5py.File, attr: str) -> Manifest:
     if isinstance(raw, np.ndarray) and raw.shape == ():
         raw = raw[()]
     if isinstance(raw, (bytes, np.bytes_)):
-        text = bytes(raw).decode("utf-8", errors="strict")
+        try:
+            text = bytes(raw).decode("utf-8", errors="strict")
+        except UnicodeDecodeError as err:
+            raise ManifestError(
+                f"the manifest attribute {attr!r} is not valid UTF-8 text: {err}"
+            ) from err
     elif isinstance(raw, str):
         text = raw
     else:
@@ -54,7 +59,7 @@ def _parse(file: h5py.File, attr: str) -> Manifest:
         )
     try:
         data: Any = json.loads(text)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # garbage nested deeper than Python recurses
         raise ManifestError(f"the manifest attribute {attr!r} is not valid JSON: {err}") from err
     if not isinstance(data, dict):
         raise ManifestError(f"the manifest attribute {attr!r} is not a JSON object")
@@ -71,7 +76,7 @@ def _parse(file: h5py.File, attr: str) -> Manifest:
         )
     try:
         return Manifest.model_validate(data)
-    except ValidationError as err:
+    except (ValidationError, RecursionError) as err:
         raise ManifestError(f"the manifest attribute {attr!r} is invalid: {err}") from err
 
 
@@ -119,8 +124,10 @@ def write_manifest(file: h5py.File, manifest: Manifest) -> None:
     current = file.attrs.get_id(MANIFEST_ATTR) if MANIFEST_ATTR in file.attrs else None
     capacity = current.dtype.itemsize if current is not None else 0
     if len(payload) > capacity:
-        capacity = _capacity(len(payload))
-    if capacity > _MAX_CAPACITY:
+        # Room to grow, but never past what an attribute holds: a manifest
+        # that fits is written even when it leaves no room for the next one.
+        capacity = min(_capacity(len(payload)), _MAX_CAPACITY)
+    if len(payload) > capacity:
         raise ManifestError(
             f"the manifest needs {len(payload)} bytes, more than the {_MAX_CAPACITY} bytes an "
             f"HDF5 attribute can hold here ({len(manifest.arrays)} datasets): split the data "

@@ -16,11 +16,35 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ._hdf5 import external_files
+from ._hdf5 import external_files, external_spans
 from .errors import InvalidStoreError, LayoutError, NotContiguousError
 from .manifest import ArrayInfo
 
-__all__ = ["map_rows", "source_block"]
+__all__ = ["check_external", "map_rows", "source_block"]
+
+
+def check_external(dataset: h5py.Dataset, info: ArrayInfo, file_path: Path) -> None:
+    """Check that the external raw files of *dataset* hold every byte of its data.
+
+    HDF5 reads the missing end of a short external file as zeros: a raw file
+    that was truncated would be served as wrong data, so it is refused.
+
+    :raises InvalidStoreError: a raw file is missing or shorter than its part.
+    """
+    for raw_path, offset, length in external_spans(dataset, file_path.parent, 0, info.nbytes):
+        try:
+            size = os.stat(raw_path).st_size
+        except FileNotFoundError as err:
+            raise InvalidStoreError(
+                f"the raw file {raw_path} of {info.name!r} is missing: it must stay beside "
+                f"{file_path.name}"
+            ) from err
+        if size < offset + length:
+            raise InvalidStoreError(
+                f"the raw file {raw_path} of {info.name!r} holds {max(size - offset, 0)} bytes, "
+                f"but {info.shape} {info.dtype} needs {length} there: it was truncated; "
+                "restore it from a copy"
+            )
 
 
 def source_block(dataset: h5py.Dataset, info: ArrayInfo, file_path: Path) -> tuple[Path, int]:
@@ -46,19 +70,8 @@ def source_block(dataset: h5py.Dataset, info: ArrayInfo, file_path: Path) -> tup
                 f"{info.name!r} is spread over {len(files)} external files, so it cannot be "
                 "memory-mapped as one block: use read()"
             )
+        check_external(dataset, info, file_path)
         raw_path, offset, _size = files[0]
-        try:
-            available = os.stat(raw_path).st_size - offset
-        except FileNotFoundError as err:
-            raise InvalidStoreError(
-                f"the raw file {raw_path} of {info.name!r} is missing: it must stay beside "
-                f"{file_path.name}"
-            ) from err
-        if available < info.nbytes:
-            raise InvalidStoreError(
-                f"the raw file {raw_path} of {info.name!r} holds {max(available, 0)} bytes, "
-                f"but {info.shape} {info.dtype} needs {info.nbytes}"
-            )
         return raw_path, offset
     offset = dataset.id.get_offset()
     stored = dataset.id.get_storage_size()

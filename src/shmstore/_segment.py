@@ -178,7 +178,8 @@ class SegmentHeader(BaseModel):
     :param nbytes: bytes of rows, ``prod(shape) * dtype.itemsize``.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # pydantic before 2.7 needs this for the np.dtype field, even with its validators.
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
     format: Literal["shmstore-segment"] = "shmstore-segment"
     format_version: Literal[1] = 1

@@ -39,7 +39,7 @@ from . import _hdf5, _raw
 from ._dtype import check_supported
 from ._journal import JournalingFile, journal_path, rollback
 from ._manifest_io import read_manifest, write_manifest
-from ._memmap import map_rows, source_block
+from ._memmap import check_external, map_rows, source_block
 from ._reconcile import needs_repair, reconcile
 from ._rows import resolve_rows
 from ._store_lock import StoreLock
@@ -136,6 +136,11 @@ class Store:
             )
         if mode in ("w-", "x") and exists:
             raise ArgumentError(f"{self.path} exists and mode {mode!r} only creates new files")
+        if not exists and not self.path.parent.is_dir():
+            raise StoreNotFoundError(
+                f"cannot create {self.path}: the directory {self.path.parent} does not exist; "
+                "create it first"
+            )
         if exists and self.path.is_dir():
             raise InvalidStoreError(f"{self.path} is a directory, not an HDF5 file")
         self._lock = StoreLock(self.path, write=self.writable, timeout=lock_timeout)
@@ -320,7 +325,9 @@ class Store:
 
     def __contains__(self, name: object) -> bool:
         self._check_open()
-        return name in self._manifest.arrays or name in self._unsupported
+        return isinstance(name, str) and (
+            name in self._manifest.arrays or name in self._unsupported
+        )
 
     def __len__(self) -> int:
         return len(self.names())
@@ -334,8 +341,11 @@ class Store:
         :raises ArrayNotFoundError: no dataset of that name.
         :raises UnsupportedDtypeError: the dataset exists but its dtype (or
             dataspace) is one shmstore does not serve.
+        :raises ArgumentError: *name* is not a ``str``.
         """
         self._check_open()
+        if not isinstance(name, str):
+            raise ArgumentError(f"a dataset name must be a str, got {type(name).__name__} {name!r}")
         found = self._manifest.arrays.get(name)
         if found is not None:
             return found
@@ -364,10 +374,13 @@ class Store:
         :raises ArrayNotFoundError: no such dataset.
         :raises RowsError: *rows* outside the dataset, with a step, or of a wrong type.
         :raises UnsupportedDtypeError: a dtype shmstore does not serve.
-        :raises InvalidStoreError: the data cannot be read (damaged file, missing raw file).
+        :raises InvalidStoreError: the data cannot be read (damaged file, missing or
+            truncated raw file).
         """
         info, start, stop = self._resolve(name, rows)
         dataset = _hdf5.open_dataset(self._file, name)
+        if info.layout == "external":
+            check_external(dataset, info, self.path)
         try:
             if not info.shape:
                 return np.asarray(dataset[()], dtype=info.dtype)
@@ -657,7 +670,7 @@ class Store:
         self._check_parents(name)
         old_raw = self._raw_files_of(name) if exists else ()
         external = appendable and chunks is None and compression is None
-        raw_name = _raw.new_raw_name(self.path, name) if external else None
+        raw_name = self._new_raw_name(name) if external else None
         revision = self._manifest.revision + 1
         try:
             with self._change():
@@ -699,6 +712,19 @@ class Store:
                 raise ArgumentError(f"cannot create {name!r}: {parent!r} is a dataset, not a group")
         if name in self._file and not isinstance(self._file[name], h5py.Dataset):
             raise ArgumentError(f"cannot write {name!r}: it is a group of the file")
+
+    def _new_raw_name(self, name: str) -> str:
+        try:
+            return _raw.new_raw_name(self.path, name)
+        except PermissionError as err:
+            raise ReadOnlyError(
+                f"cannot create the raw file directory of {self.path.name} for {name!r}: {err}"
+            ) from err
+        except OSError as err:
+            raise InvalidStoreError(
+                f"cannot create the raw file directory of {self.path.name} for {name!r}: {err}; "
+                f"move what is in the way of {_raw.raw_dir(self.path)}"
+            ) from err
 
     def _write_external(self, temporary: str, arr: np.ndarray[Any, Any], raw_name: str) -> None:
         group = self._file.require_group(_TMP_GROUP)
@@ -743,6 +769,7 @@ class Store:
         :raises ReadOnlyError: the store is open read-only.
         :raises LayoutError: the dataset has a fixed size, or another trailing shape.
         :raises UnsupportedDtypeError: the rows' dtype differs from the dataset's.
+        :raises InvalidStoreError: the raw file no longer holds the dataset's rows.
         """
         self._check_writable(f"append to {name!r}")
         if name not in self:
@@ -770,13 +797,29 @@ class Store:
         if len(arr) == 0:
             return info
         data = np.ascontiguousarray(arr, dtype=info.dtype)
+        old, new = info.rows, info.rows + len(data)
+        spans: list[tuple[Path, int, int]] = []
+        if info.layout == "external":
+            dataset = _hdf5.open_dataset(self._file, name)
+            # New rows after a hole would make the hole part of the dataset.
+            check_external(dataset, info, self.path)
+            begin, end = old * info.row_nbytes, new * info.row_nbytes
+            spans = _hdf5.external_spans(dataset, self.path.parent, begin, end)
+            if sum(length for _, _, length in spans) < end - begin:
+                raise LayoutError(
+                    f"{name!r} is stored in external files of a fixed total size, which "
+                    f"{new} rows would overflow: rewrite it with store.write({name!r}, data, "
+                    "appendable=True, overwrite=True)"
+                )
         self._reopen_writable()
         dataset = _hdf5.open_dataset(self._file, name)
-        old, new = info.rows, info.rows + len(data)
         if info.layout == "external":
-            raw_path, offset, _ = _hdf5.external_files(dataset, self.path.parent)[0]
             # Rows first, extent second: the extent never covers unwritten bytes.
-            _raw.write_raw(raw_path, offset + old * info.row_nbytes, data)
+            raw = data.reshape(-1).view(np.uint8)
+            done = 0
+            for raw_path, offset, length in spans:  # the rows may run on into the next file
+                _raw.write_raw(raw_path, offset, raw[done : done + length])
+                done += length
             dataset.id.set_extent((new, *info.shape[1:]))
         else:
             dataset.resize(new, axis=0)
@@ -831,10 +874,13 @@ def open_store(
         ``/dev/shm/shmstore-<uid>`` with the ``SHMSTORE_BUDGET`` budget.
     :param lock_timeout: seconds to wait while another process holds the
         store's lock (a writer, or readers when opening for writing).
-    :raises StoreNotFoundError: mode ``"r"`` or ``"r+"`` and no file at *path*.
+    :raises StoreNotFoundError: mode ``"r"`` or ``"r+"`` and no file at *path*,
+        or a creating mode and no directory to create it in.
     :raises InvalidStoreError: the file is not HDF5, or is truncated or damaged.
     :raises ManifestError: the manifest is invalid or disagrees with the datasets.
     :raises LockTimeoutError: the lock stayed held for *lock_timeout* seconds.
-    :raises ReadOnlyError: a write mode on a file this user cannot write.
+    :raises ReadOnlyError: a write mode on a file this user cannot write, or
+        beside which the lock file cannot be created.
+    :raises ArgumentError: an unknown *mode*, or ``"w-"``/``"x"`` and the file exists.
     """
     return Store(path, mode, cache=cache, lock_timeout=lock_timeout)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import filelock
 
-from .errors import LockTimeoutError
+from .errors import LockTimeoutError, ReadOnlyError
 
 __all__ = ["StoreLock"]
 
@@ -31,7 +31,8 @@ class StoreLock:
     :param timeout: seconds to wait for the lock.
     :raises LockTimeoutError: another process held the opposite side longer
         than *timeout*.
-    :raises PermissionError: *write* and the lock file cannot be created.
+    :raises ReadOnlyError: *write* and the lock file cannot be created (a
+        :class:`PermissionError`).
     """
 
     def __init__(self, path: Path, *, write: bool, timeout: float) -> None:
@@ -53,8 +54,9 @@ class StoreLock:
             ) from err
         except (OSError, sqlite3.Error) as err:
             if write:
-                raise PermissionError(
-                    f"cannot create the lock {self.path} needed to write {path}: {err}"
+                raise ReadOnlyError(
+                    f"cannot create the lock {self.path} needed to write {path}: {err}; "
+                    "open it with mode 'r' to read it"
                 ) from err
             # A directory we cannot write to (a shared, read-only data set) has
             # no writer we could exclude through a lock file anyway.
