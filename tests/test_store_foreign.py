@@ -249,13 +249,16 @@ def test_a_foreign_external_dataset_over_two_files_appends_into_the_right_one(
     second.tofile(tmp_path / "second.bin")
     path = tmp_path / "external.h5"
     with h5py.File(path, "w") as file:
-        file.create_dataset(
-            "x",
-            shape=(10,),
-            dtype="<f8",
-            maxshape=(None,),
-            external=[("first.bin", 0, 40), ("second.bin", 0, h5py.h5f.UNLIMITED)],
-        )
+        try:
+            file.create_dataset(
+                "x",
+                shape=(10,),
+                dtype="<f8",
+                maxshape=(None,),
+                external=[("first.bin", 0, 40), ("second.bin", 0, h5py.h5f.UNLIMITED)],
+            )
+        except ValueError as err:  # older h5py forces chunks on an unlimited axis
+            pytest.skip(f"this h5py cannot make an unlimited external dataset: {err}")
     with shmstore.open(path, "a") as store:
         np.testing.assert_array_equal(store.read("x"), np.concatenate([first, second]))
         with pytest.raises(shmstore.NotContiguousError, match="2 external files"):
