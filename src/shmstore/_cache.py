@@ -189,27 +189,44 @@ class CacheEntry(BaseModel):
 class _Mapped(NamedTuple):
     base: weakref.ReferenceType[Any]
     header: SegmentHeader
+    file: tuple[int, int]  # (st_dev, st_ino) of the segment file mapped
 
 
 # Segment path -> this process's mapping of it (weakly: the arrays keep it alive).
 _MAPPINGS: dict[str, _Mapped] = {}
 
 
-def _remember(path: str, base: object, header: SegmentHeader) -> None:
+def _remember(path: str, base: object, header: SegmentHeader, st: os.stat_result) -> None:
     def forget(ref: weakref.ReferenceType[Any]) -> None:
         entry = _MAPPINGS.get(path)
         if entry is not None and entry.base is ref:
             _MAPPINGS.pop(path, None)
 
-    _MAPPINGS[path] = _Mapped(weakref.ref(base, forget), header)
+    _MAPPINGS[path] = _Mapped(weakref.ref(base, forget), header, (st.st_dev, st.st_ino))
 
 
-def _reuse(path: str) -> np.ndarray[Any, Any] | None:
+def _reuse(path: str, recheck: bool) -> np.ndarray[Any, Any] | None:
+    """A new array on this process's mapping of *path*, or ``None`` if it maps none.
+
+    :param recheck: only if the name still refers to the file mapped (one
+        ``lstat``).  Needed for keys whose segment can be replaced by
+        another of other contents (:meth:`Cache.unlink`, then a new one);
+        a key made from a source names the same bytes forever.
+    """
     entry = _MAPPINGS.get(path)
     if entry is None:
         return None
     base = entry.base()
-    return None if base is None else view_of(base, entry.header)
+    if base is None:
+        return None
+    if recheck:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if (st.st_dev, st.st_ino) != entry.file:
+            return None
+    return view_of(base, entry.header)
 
 
 def _forget_mappings_after_fork() -> None:
@@ -265,11 +282,12 @@ class _Removal(enum.Enum):
     REFUSED = "refused"
 
 
-def _remove_unused(path: str) -> tuple[_Removal, str]:
+def _remove_unused(path: str, *, dry_run: bool = False) -> tuple[_Removal, str]:
     """Unlink the cache file *path* if no process holds a ``flock`` on it.
 
-    Returns what happened and, when refused, why.  Never follows a link,
-    never removes a file of another user, never waits.
+    Returns what happened (with *dry_run*, what would happen, and nothing
+    is removed) and, when refused, why.  Never follows a link, never
+    removes a file of another user, never waits.
     """
     try:
         fd = os.open(path, _OPEN_ANY)
@@ -293,7 +311,8 @@ def _remove_unused(path: str) -> tuple[_Removal, str]:
             return _Removal.GONE, ""
         if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
             return _Removal.GONE, ""
-        os.unlink(path)
+        if not dry_run:
+            os.unlink(path)
         return _Removal.REMOVED, ""
     finally:
         os.close(fd)  # releases the exclusive lock, after the unlink
@@ -449,10 +468,10 @@ class Cache:
 
     # -- mapping ------------------------------------------------------------------
 
-    def _find(self, key: str) -> np.ndarray[Any, Any] | None:
+    def _find(self, key: str, recheck: bool = False) -> np.ndarray[Any, Any] | None:
         """Map the published segment *key* (a checked key), or ``None`` if there is none."""
         path = self._segment_path(key)
-        array = _reuse(path)
+        array = _reuse(path, recheck)
         if array is not None:
             return array
         for _ in range(_ATTACH_ATTEMPTS):
@@ -474,26 +493,30 @@ class Cache:
                     os.utime(fd, ns=(now, st.st_mtime_ns))
             finally:
                 os.close(fd)  # the mapping keeps its own descriptor, and with it the lock
-            _remember(path, base, header)
+            _remember(path, base, header, st)
             return array
         raise SegmentError(
             f"{path} was replaced {_ATTACH_ATTEMPTS} times while being mapped; "
             "another process evicts and reloads it in a loop"
         )
 
-    def attach(self, key: str) -> np.ndarray[Any, Any]:
+    def attach(self, key: str, *, recheck: bool = False) -> np.ndarray[Any, Any]:
         """Map the segment *key* read-only, knowing nothing but its key.
 
         Another array on the same mapping if this process already maps it
         (a dictionary look-up); else a new mapping, microseconds whatever
         the size: no byte of data is read.
 
+        :param recheck: reuse this process's mapping only if the key's file
+            is still the one mapped (for keys given to :meth:`get`, whose
+            segment :meth:`unlink` and a new load can replace).
+
         :raises SegmentNotFoundError: (a ``KeyError``) no such segment: never
             loaded, or evicted.
         :raises SegmentError: *key* is not a key, or the file is damaged,
             foreign or unsafe (it is never mapped).
         """
-        array = self._find(check_key(key))
+        array = self._find(check_key(key), recheck)
         if array is None:
             raise SegmentNotFoundError(
                 f"the cache {self.directory} holds no segment {key}: it was never loaded "
@@ -501,9 +524,56 @@ class Cache:
             )
         return array
 
-    def find(self, key: str) -> np.ndarray[Any, Any] | None:
+    def find(self, key: str, *, recheck: bool = False) -> np.ndarray[Any, Any] | None:
         """Like :meth:`attach`, but ``None`` when there is no segment *key*."""
-        return self._find(check_key(key))
+        return self._find(check_key(key), recheck)
+
+    def header(self, key: str) -> SegmentHeader:
+        """The header of segment *key*: what it holds and what it is a copy of.
+
+        That of this process's mapping of *key* if it has one (so, right
+        after :meth:`get` or :meth:`attach`, the header of the array they
+        returned), else read from the file.
+
+        :raises SegmentNotFoundError: no such segment.
+        :raises SegmentError: *key* is not a key, or the file is damaged, foreign or unsafe.
+        """
+        path = self._segment_path(check_key(key))
+        entry = _MAPPINGS.get(path)
+        if entry is not None and entry.base() is not None:
+            return entry.header
+        try:
+            fd, st = open_segment(path)
+        except FileNotFoundError as err:
+            raise SegmentNotFoundError(
+                f"the cache {self.directory} holds no segment {key}"
+            ) from err
+        try:
+            return read_header(fd, st, path, key)
+        finally:
+            os.close(fd)
+
+    def unlink(self, key: str) -> bool:
+        """Remove the name of segment *key* now, even while processes map it.
+
+        As ``shm_unlink``: no process can attach the segment any more, those
+        that map it keep their pages (valid, never ``SIGBUS``) until they
+        drop them, and the memory returns to the system then.  For segments
+        loaded under a key of the caller's choosing (:meth:`get` with
+        ``key=``); a segment of a source is evicted with :meth:`evict`.
+
+        :returns: whether there was a segment to remove.
+        :raises SegmentError: *key* is not a key.
+        """
+        path = self._segment_path(check_key(key))
+        # This process must not hand out its old mapping under the name again.
+        _MAPPINGS.pop(path, None)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        _log.info("unlinked segment %s", key)
+        return True
 
     def lookup(self, source: SegmentSource) -> np.ndarray[Any, Any] | None:
         """The node's copy of *source*, mapped read-only, or ``None``; never loads.
@@ -519,6 +589,7 @@ class Cache:
         shape: tuple[int, ...],
         fill: Callable[[np.ndarray[Any, Any]], object],
         *,
+        key: str | None = None,
         on_load: Callable[[], object] | None = None,
         timeout: float | None = None,
     ) -> np.ndarray[Any, Any]:
@@ -531,6 +602,11 @@ class Cache:
         segment and must fill all of it, and the segment is published by a
         rename.  *fill* must not keep the array.
 
+        :param key: the segment's key, instead of the one made from *source*
+            (:meth:`key`): for segments named by their user, whose source
+            the caller checks in :meth:`header`.  The segment under such a
+            key may be replaced (:meth:`unlink`), so its name is checked
+            again even when this process maps it.
         :param on_load: called once, under the lock, when this call is the
             one that loads, before any space is taken (to count loads, or to
             check the source once more); an exception from it aborts the load.
@@ -549,11 +625,19 @@ class Cache:
         """
         dtype = np.dtype(dtype)
         shape = tuple(operator.index(n) for n in shape)
-        key = segment_key(source)
-        array = self._find(key)
+        recheck = key is not None
+        key = segment_key(source) if key is None else check_key(key)
+        array = self._find(key, recheck)
         if array is None:
             array = self._load_once(
-                key, source, dtype=dtype, shape=shape, fill=fill, on_load=on_load, timeout=timeout
+                key,
+                source,
+                dtype=dtype,
+                shape=shape,
+                fill=fill,
+                on_load=on_load,
+                timeout=timeout,
+                recheck=recheck,
             )
         if array.dtype != dtype or array.shape != shape:
             raise SegmentError(
@@ -573,6 +657,7 @@ class Cache:
         fill: Callable[[np.ndarray[Any, Any]], object],
         on_load: Callable[[], object] | None,
         timeout: float | None,
+        recheck: bool,
     ) -> np.ndarray[Any, Any]:
         lock_path = f"{self._prefix}{key}{_LOCK_SUFFIX}"
         lock = filelock.FileLock(lock_path, mode=0o600, timeout=-1 if timeout is None else timeout)
@@ -585,7 +670,7 @@ class Cache:
             ) from err
         try:
             # The process we waited for has most likely loaded it.
-            array = self._find(key)
+            array = self._find(key, recheck)
             if array is not None:
                 return array
             if on_load is not None:
@@ -618,7 +703,7 @@ class Cache:
                 # fd still holds the loader's shared lock, so no evictor can
                 # take the segment between the rename and this mapping.
                 base, array = map_readonly(fd, header)
-                _remember(path, base, header)
+                _remember(path, base, header, os.fstat(fd))
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
@@ -816,7 +901,7 @@ class Cache:
         """Evict every segment no process maps; returns the keys removed."""
         return self.evict(all=True)
 
-    def gc(self) -> list[str]:
+    def gc(self, *, dry_run: bool = False) -> list[str]:
         """Remove what no process needs, and return the names of the files removed.
 
         * temporary files of loaders that died (no lock on them);
@@ -828,6 +913,9 @@ class Cache:
 
         Never a mapped segment; never a file of another user or a file of a
         name shmstore does not make (each kept file is logged, with why).
+
+        :param dry_run: remove nothing; return the names of the files that
+            would be removed now (garbage that no process holds).
         """
         removed: list[str] = []
         with self._budget_lock():
@@ -840,13 +928,16 @@ class Cache:
                     continue
                 if stat.S_ISLNK(f.st.st_mode):
                     # A link in our own directory: removing it never touches its target.
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(f.path)
+                    if not dry_run:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(f.path)
                     outcome, why = _Removal.REMOVED, ""
                 else:
-                    outcome, why = _remove_unused(f.path)
+                    outcome, why = _remove_unused(f.path, dry_run=dry_run)
                 if outcome is _Removal.REMOVED:
-                    _log.info("gc removed %s: %s", f.name, reason)
+                    _log.info(
+                        "gc %s %s: %s", "would remove" if dry_run else "removed", f.name, reason
+                    )
                     removed.append(f.name)
                 elif outcome is _Removal.IN_USE:
                     _log.info("gc kept %s (%s): a process holds it", f.name, reason)

@@ -86,8 +86,12 @@ class SegmentError(ShmStoreError, OSError):
     """A cache file is damaged, foreign, or unsafe to map."""
 
 
-class SegmentNotFoundError(ShmStoreError, KeyError):
-    """The cache holds no segment of that key (never loaded, or evicted)."""
+class SegmentNotFoundError(ShmStoreError, KeyError, FileNotFoundError):
+    """The cache holds no segment of that key (never loaded, or evicted).
+
+    Also a ``FileNotFoundError``, as a missing shared-memory object is for
+    ``multiprocessing.shared_memory``.
+    """
 
 
 class CacheFullError(ShmStoreError, OSError):
