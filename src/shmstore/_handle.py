@@ -75,6 +75,11 @@ class Handle:
         return self._source.start, self._source.stop
 
     @property
+    def key(self) -> str:
+        """The cache key of the node's copy of these rows (as ``Cache.entries`` lists it)."""
+        return self._key
+
+    @property
     def version(self) -> int:
         """The dataset's version the handle last saw (it follows newer ones)."""
         return self._source.version
@@ -95,6 +100,22 @@ class Handle:
         state = dict(self.__dict__)
         state["_pinned"] = None  # a mapping belongs to one process
         return state
+
+    def is_current(self) -> bool:
+        """True while every file of the slice is as the handle saw it (one ``stat`` each).
+
+        False once a write, append or delete changed the dataset's file, or
+        the file was replaced: :meth:`view` then serves the new version.
+        """
+        return self._unchanged()
+
+    def cached(self) -> np.ndarray[Any, Any] | None:
+        """The node's copy of the rows, mapped read-only, if it is cached and current; never loads.
+
+        ``None`` when no process of the node has loaded this version of the
+        rows (or it was evicted), or the files changed since the handle was made.
+        """
+        return self._current()
 
     def _unchanged(self) -> bool:
         """True when every source file still has the identity the handle saw."""

@@ -17,10 +17,12 @@ from pydantic import BaseModel
 
 from ._segment import SegmentHeader
 from .manifest import Manifest
+from .shared_numpy_store import LoaderDescription
 
 __all__ = ["MODELS", "generator", "main", "render"]
 
 MODELS: dict[str, type[BaseModel]] = {
+    "loader.schema.json": LoaderDescription,
     "manifest.schema.json": Manifest,
     "segment.schema.json": SegmentHeader,
 }
