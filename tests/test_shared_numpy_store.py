@@ -283,6 +283,41 @@ def test_close_frees_the_shared_copies_no_process_maps(
     np.testing.assert_array_equal(store.load("x", allow_create_shm=True), data)
 
 
+def _write_original(directory: Path, name: str, arr: np.ndarray[Any, Any]) -> Path:
+    """A file as the original module saved *arr*: ``<name>__<shape>__<dtype>``, raw bytes."""
+    path = directory / f"{name}__{'_'.join(map(str, arr.shape))}__{arr.dtype}"
+    arr.tofile(path)
+    return path
+
+
+def test_import_original_saves_the_originals_raw_files_into_the_store(
+    tmp_path: Path, data: np.ndarray[Any, Any]
+) -> None:
+    directory = tmp_path / "db"
+    directory.mkdir()
+    _write_original(directory, "voltages", data)
+    _write_original(directory, "ids", np.arange(7, dtype="int32"))
+    with (directory / "spikes__2_3__float64").open("wb") as f:  # 1 unflushed row past its name
+        data[:3].tofile(f)
+    store = sns.SharedNumpyStore(directory)
+    with pytest.raises(ValueError, match="import_original"):
+        store.load("voltages", mode="memory")
+    assert store.import_original() == ["ids", "spikes", "voltages"]
+    np.testing.assert_array_equal(store.load("voltages", mode="memmap"), data)
+    np.testing.assert_array_equal(store.load("ids", mode="memory"), np.arange(7, dtype="int32"))
+    np.testing.assert_array_equal(store.load("spikes", mode="memory"), data[:2])
+    store.append_save(data[:1], "voltages")  # appendable, as the original's files were
+    assert store.import_original() == []  # already there: skipped
+
+
+def test_import_original_refuses_a_file_shorter_than_its_name_says(tmp_path: Path) -> None:
+    (tmp_path / "short__10_3__float64").write_bytes(bytes(16))
+    store = sns.SharedNumpyStore(tmp_path)
+    with pytest.raises(shmstore.ArgumentError, match="shorter than the 240"):
+        store.import_original()
+    assert store.names() == []
+
+
 # -- shared arrays by name -----------------------------------------------------------
 
 

@@ -36,9 +36,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import warnings
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._cache import Cache
 from ._diskarray import (
+    DiskArray,
     check_file_size,
     expected_nbytes,
     open_disk_array,
@@ -99,6 +102,8 @@ LOADER_FILE = "Loader.json"
 _RESERVED_NAMES = ("Loader.pickle", "Loader.json")  # the data base's own files
 _LOAD_MODES = ("shared_memory", "memmap", "memory")
 _NAME_LIMIT = 255  # characters in the name of a shared array
+# The original kept each array in a raw file named <name>__<shape joined by _>__<dtype>.
+_ORIGINAL_FILE = re.compile(r"(?P<name>.+?)__(?P<shape>[0-9_]*?)__(?P<dtype>[^_].*)")
 
 
 # -- errors -------------------------------------------------------------------------
@@ -529,15 +534,28 @@ class SharedNumpyStore:
         try:
             return self._open("r")
         except StoreNotFoundError as err:
+            hint = (
+                ", but files of the original shared_numpy_store are: import them with "
+                "import_original()"
+                if _original_files(self.path.parent)
+                else ""
+            )
             raise ArrayNotInStoreError(
-                f"no array {name!r} in {self.working_dir}: nothing was saved there yet"
+                f"no array {name!r} in {self.working_dir}: nothing was saved there yet{hint}"
             ) from err
 
     def _require(self, store: Store, name: str) -> None:
         if name not in store:
             known = ", ".join(repr(n) for n in store.names()[:20]) or "none"
+            original = _original_files(self.path.parent).get(name)
+            hint = (
+                f"; {original[0].name} there was written by the original shared_numpy_store: "
+                "import it with import_original()"
+                if original
+                else ": save it first"
+            )
             raise ArrayNotInStoreError(
-                f"no array {name!r} in {self.working_dir} (arrays: {known}): save it first"
+                f"no array {name!r} in {self.working_dir} (arrays: {known}){hint}"
             )
 
     def names(self) -> list[str]:
@@ -681,6 +699,41 @@ class SharedNumpyStore:
         if keys:
             self.cache.evict(keys)
 
+    def import_original(self) -> list[str]:
+        """Save into this store the arrays the original module left in the working directory.
+
+        The original kept each array in a raw file named
+        ``<name>__<shape>__<dtype>`` (``voltages__1000_16__float64``).  Each
+        such array not yet in the store is copied in (appendable, 64 MiB at
+        a time); arrays already in the store are skipped, and the original
+        files are left for you to remove.  Bytes past the shape in a file's
+        name (rows the original appended with ``autoflush=False`` and never
+        flushed, which it never served either) are not imported.
+
+        :returns: the names imported, sorted.
+        :raises ArgumentError: a file is shorter than its name says.
+        """
+        originals = _original_files(self.path.parent)
+        if not originals:
+            return []
+        existing = set(self.names())
+        imported = []
+        with self._open("a") as store:
+            for name, (path, shape, dtype) in sorted(originals.items()):
+                if name in existing or name in _RESERVED_NAMES or not shape:
+                    continue
+                size = path.stat().st_size
+                if size < expected_nbytes(shape, dtype):
+                    raise ArgumentError(
+                        f"{path} is {size} bytes, shorter than the {expected_nbytes(shape, dtype)} "
+                        f"its name promises ({shape} {dtype}): it is damaged; nothing of it "
+                        "was imported"
+                    )
+                disk = DiskArray(path, "raw", 0, dtype, shape)
+                _write_blocks(store, name, disk.memmap, shape[0], disk.row_nbytes)
+                imported.append(name)
+        return imported
+
     # -- reading ------------------------------------------------------------------
 
     def get_expected_file_length(self, name: str) -> int:
@@ -752,6 +805,40 @@ class SharedNumpyStore:
             array = handle.pin()
         self._shared[memo] = (handle, array)
         return array
+
+
+def _original_files(directory: Path) -> dict[str, tuple[Path, tuple[int, ...], np.dtype[Any]]]:
+    """The arrays the original module left in *directory*: name -> (file, shape, dtype)."""
+    found: dict[str, tuple[Path, tuple[int, ...], np.dtype[Any]]] = {}
+    try:
+        entries = sorted(directory.iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        match = _ORIGINAL_FILE.fullmatch(entry.name)
+        if match is None or entry.name.endswith(".saving") or not entry.is_file():
+            continue
+        try:
+            shape = tuple(int(n) for n in match["shape"].split("_")) if match["shape"] else ()
+            dtype = np.dtype(match["dtype"])
+        except (TypeError, ValueError):
+            continue  # not a name the original made
+        found[match["name"]] = (entry, shape, dtype)
+    return found
+
+
+def _write_blocks(
+    store: Store,
+    name: str,
+    read: Callable[[int, int], np.ndarray[Any, Any]],
+    rows: int,
+    row_nbytes: int,
+) -> None:
+    """Save *rows* rows as the appendable array *name*, ``read(start, stop)`` 64 MiB at a time."""
+    step = max(1, BLOCK_BYTES // max(row_nbytes, 1))
+    store.write(name, read(0, min(step, rows)), appendable=True, overwrite=True)
+    for first in range(step, rows, step):
+        store.append(name, read(first, min(first + step, rows)))
 
 
 def _append_blocks(store: Store, name: str, parts: list[np.ndarray[Any, Any]]) -> None:
@@ -828,12 +915,13 @@ def _copy_arrays(source: Path, target: Path) -> None:
             info = src.info(name)
             if not info.shape:
                 continue
-            step = max(1, BLOCK_BYTES // max(info.row_nbytes, 1))
-            dst.write(
-                name, src.read(name, (0, min(step, info.rows))), appendable=True, overwrite=True
+            _write_blocks(
+                dst,
+                name,
+                lambda start, stop, name=name: src.read(name, (start, stop)),  # type: ignore[misc]
+                info.rows,
+                info.row_nbytes,
             )
-            for first in range(step, info.rows, step):
-                dst.append(name, src.read(name, (first, min(first + step, info.rows))))
 
 
 def _read_description(savedir: str | os.PathLike[str]) -> LoaderDescription:
