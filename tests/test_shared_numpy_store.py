@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,37 @@ def test_append_save_after_save_then_load_gives_all_rows_in_every_mode(
     store.append_save(data[4:7], "x")
     store.append_save(data[7:], "x")
     np.testing.assert_array_equal(_load(store, "x", mode, rows), data[rows[0] : rows[1]])
+
+
+@given(
+    shape=st.lists(st.integers(0, 5), min_size=1, max_size=3),
+    dtype=st.sampled_from(["u1", "<i2", ">f4", "c8", "?", "S2", "i4,f2"]),
+    bounds=st.tuples(st.integers(-5, 5) | st.none(), st.integers(-5, 5) | st.none()),
+    split=st.integers(0, 5),
+)
+def test_any_array_saved_and_appended_loads_back_in_every_mode(
+    shape: list[int], dtype: str, bounds: tuple[int | None, int | None], split: int
+) -> None:
+    arr = np.arange(int(np.prod(shape)) * np.dtype(dtype).itemsize, dtype=np.uint8)
+    arr = arr.view(dtype).reshape(shape)
+    split = min(split, shape[0])
+    with tempfile.TemporaryDirectory() as directory:
+        store = sns.SharedNumpyStore(directory)
+        store.save(arr[:split], "a")
+        store.append_save(arr[split:], "a")
+        try:
+            expected = arr[slice(*bounds)]
+            sns._get_offset_and_size_in_bytes(*bounds, arr.shape, arr.dtype)
+        except shmstore.RowsError:
+            with pytest.raises(shmstore.RowsError):
+                store.load("a", "memory", *bounds)
+            return
+        for mode in ("shared_memory", "memmap", "memory"):
+            loaded = store.load("a", mode, *bounds, allow_create_shm=True)
+            assert loaded.dtype == arr.dtype
+            assert loaded.tobytes() == expected.tobytes()
+            assert loaded.shape == expected.shape
+        store.close()
 
 
 def test_append_save_of_a_new_name_saves_it(

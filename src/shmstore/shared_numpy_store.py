@@ -309,7 +309,7 @@ def shared_array_from_disk(  # noqa: PLR0917 - the original's positional signatu
         path=disk.path, kind=disk.kind, dtype=disk.dtype, shape=disk.shape, start=start, stop=stop
     )
     if name is None:
-        name = f"{disk.path.name}-{segment_key(source)[:16]}"
+        name = f"{disk.path.name[:200]}-{segment_key(source)[:16]}"
     name = _check_shared_name(name)
     found = _cache(cache)
     key = _name_key(name)
