@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from ._handle import Handle
     from ._segment import SegmentSource
 
-__all__ = ["Mode", "Store", "ViewMode", "open_store"]
+__all__ = ["Mode", "Store", "ViewMode", "check_rows_fit", "open_store"]
 
 _log = logging.getLogger("shmstore")
 
@@ -101,6 +101,25 @@ def _as_rows(array: object, what: str) -> np.ndarray[Any, Any]:
             f"{what} is a scalar; shmstore stores arrays of rows: pass np.atleast_1d(value)"
         )
     return arr
+
+
+def check_rows_fit(info: ArrayInfo, rows: np.ndarray[Any, Any]) -> None:
+    """Check that *rows* can be appended to the dataset *info* describes.
+
+    :raises LayoutError: another number of dimensions or another trailing shape.
+    :raises UnsupportedDtypeError: a dtype that does not convert to the dataset's unchanged.
+    """
+    if rows.shape[1:] != info.shape[1:] or rows.ndim != len(info.shape):
+        wanted = ("n", *info.shape[1:])
+        raise LayoutError(
+            f"rows appended to {info.name!r} must have shape ({', '.join(map(str, wanted))}) "
+            f"like its rows, got {rows.shape}"
+        )
+    if not np.can_cast(rows.dtype, info.dtype, casting="equiv"):
+        raise UnsupportedDtypeError(
+            f"rows appended to {info.name!r} have dtype {rows.dtype}, the dataset {info.dtype}: "
+            f"convert them with rows.astype({str(info.dtype)!r}) first"
+        )
 
 
 class Store:
@@ -783,17 +802,7 @@ class Store:
                 f"store.write({name!r}, data, appendable=True, overwrite=True) to make it "
                 "appendable"
             )
-        if arr.shape[1:] != info.shape[1:] or arr.ndim != len(info.shape):
-            wanted = ("n", *info.shape[1:])
-            raise LayoutError(
-                f"rows appended to {name!r} must have shape ({', '.join(map(str, wanted))}) "
-                f"like its rows, got {arr.shape}"
-            )
-        if not np.can_cast(arr.dtype, info.dtype, casting="equiv"):
-            raise UnsupportedDtypeError(
-                f"rows appended to {name!r} have dtype {arr.dtype}, the dataset {info.dtype}: "
-                f"convert them with rows.astype({str(info.dtype)!r}) first"
-            )
+        check_rows_fit(info, arr)
         if len(arr) == 0:
             return info
         data = np.ascontiguousarray(arr, dtype=info.dtype)

@@ -62,7 +62,7 @@ from ._load import BLOCK_BYTES, block_filler
 from ._rows import resolve_rows
 from ._segment import FileIdentity, SegmentHeader, SegmentSource, segment_key
 from ._signals import Uninterruptible
-from ._store import Store, open_store
+from ._store import Store, check_rows_fit, open_store
 from .errors import (
     ArgumentError,
     ArrayNotFoundError,
@@ -644,16 +644,7 @@ class SharedNumpyStore:
             if name not in store:
                 return
             info = store.info(name)
-        if rows.shape[1:] != info.shape[1:] or len(info.shape) != rows.ndim:
-            raise LayoutError(
-                f"rows appended to {name!r} must have shape (n, ...{info.shape[1:]}) like "
-                f"its rows, got {rows.shape}"
-            )
-        if not np.can_cast(rows.dtype, info.dtype, casting="equiv"):
-            raise UnsupportedDtypeError(
-                f"rows appended to {name!r} have dtype {rows.dtype}, the array {info.dtype}: "
-                f"convert them with rows.astype({str(info.dtype)!r}) first"
-            )
+        check_rows_fit(info, rows)
 
     def flush(self) -> None:
         """Write the rows appended with ``autoflush=False``, in blocks of up to 64 MiB.
