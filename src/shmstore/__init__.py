@@ -5,11 +5,10 @@ Open a store with :func:`open`; see ``DESIGN.md`` for the contract.
 
 from __future__ import annotations
 
-from ._cache import Cache, CacheEntry
-from ._handle import Handle
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._signals import Uninterruptible
-from ._store import Store
-from ._store import open_store as open
 from .errors import (
     ArgumentError,
     ArrayNotFoundError,
@@ -27,7 +26,44 @@ from .errors import (
     StoreNotFoundError,
     UnsupportedDtypeError,
 )
-from .manifest import ArrayInfo, Manifest
+
+if TYPE_CHECKING:
+    from . import shared_numpy_store
+    from ._cache import Cache, CacheEntry
+    from ._handle import Handle
+    from ._store import Store
+    from ._store import open_store as open
+    from .manifest import ArrayInfo, Manifest
+
+# Imported on first use (PEP 562): h5py, pydantic and filelock take most of the
+# time of an import, and a program that only catches shmstore's errors, or
+# only passes handles around, should not pay for them.
+_LAZY = {
+    "ArrayInfo": (".manifest", "ArrayInfo"),
+    "Cache": ("._cache", "Cache"),
+    "CacheEntry": ("._cache", "CacheEntry"),
+    "Handle": ("._handle", "Handle"),
+    "Manifest": (".manifest", "Manifest"),
+    "Store": ("._store", "Store"),
+    "open": ("._store", "open_store"),
+    "shared_numpy_store": (".shared_numpy_store", ""),
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attribute = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'shmstore' has no attribute {name!r}") from None
+    module = importlib.import_module(module_name, __name__)
+    value = getattr(module, attribute) if attribute else module
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __version__ = "0.1.0"
 
@@ -56,4 +92,5 @@ __all__ = [
     "UnsupportedDtypeError",
     "__version__",
     "open",
+    "shared_numpy_store",
 ]
