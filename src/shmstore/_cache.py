@@ -52,6 +52,7 @@ import filelock
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from ._fill import FileBlock, copy_block
 from ._segment import (
     SEGMENT_SUFFIX,
     FileIdentity,
@@ -587,7 +588,7 @@ class Cache:
         source: SegmentSource,
         dtype: np.dtype[Any],
         shape: tuple[int, ...],
-        fill: Callable[[np.ndarray[Any, Any]], object],
+        fill: Callable[[np.ndarray[Any, Any]], object] | FileBlock,
         *,
         key: str | None = None,
         on_load: Callable[[], object] | None = None,
@@ -600,7 +601,9 @@ class Cache:
         is made in the budget, the file's space reserved, *fill* is called
         with a writeable C-ordered array of *dtype* and *shape* on the new
         segment and must fill all of it, and the segment is published by a
-        rename.  *fill* must not keep the array.
+        rename.  *fill* must not keep the array.  A :class:`FileBlock`
+        instead of a callback says the bytes are one block of a file: the
+        kernel copies them, in threads, without mapping the segment.
 
         :param key: the segment's key, instead of the one made from *source*
             (:meth:`key`): for segments named by their user, whose source
@@ -654,7 +657,7 @@ class Cache:
         *,
         dtype: np.dtype[Any],
         shape: tuple[int, ...],
-        fill: Callable[[np.ndarray[Any, Any]], object],
+        fill: Callable[[np.ndarray[Any, Any]], object] | FileBlock,
         on_load: Callable[[], object] | None,
         timeout: float | None,
         recheck: bool,
@@ -685,7 +688,7 @@ class Cache:
         source: SegmentSource,
         dtype: np.dtype[Any],
         shape: tuple[int, ...],
-        fill: Callable[[np.ndarray[Any, Any]], object],
+        fill: Callable[[np.ndarray[Any, Any]], object] | FileBlock,
     ) -> np.ndarray[Any, Any]:
         header = new_header(key, source, dtype, shape)
         path = self._segment_path(key)
@@ -693,7 +696,10 @@ class Cache:
         started = time.monotonic()
         fd = self._reserve(temporary, header)
         try:
-            _fill_segment(fd, header, fill)
+            if isinstance(fill, FileBlock):
+                copy_block(fill, fd, header.data_offset, header.nbytes)
+            else:
+                _fill_segment(fd, header, fill)
             with Uninterruptible():
                 # The rename is the publication: before it no process can find
                 # the segment, after it every process finds it whole.  Done

@@ -457,16 +457,19 @@ class Store:
     def _shared(
         self, info: ArrayInfo, start: int, stop: int
     ) -> tuple[np.ndarray[Any, Any], SegmentSource]:
-        from ._load import block_filler, dataset_filler
+        from ._fill import FileBlock
+        from ._load import chunk_filler, dataset_filler
 
         source = self._segment_source(info, start, stop)
         dataset = _hdf5.open_dataset(self._file, info.name)
         what = f"{self.path.name}:{info.name}[{start}:{stop}]"
         try:
             path, offset = source_block(dataset, info, self.path)
-            fill = block_filler(path, offset + start * info.row_nbytes, what)
-        except LayoutError:  # chunked, or never written: HDF5 decodes or fills
-            fill = dataset_filler(dataset, info, start, what)
+            fill: Any = FileBlock(path, offset + start * info.row_nbytes, what)
+        except LayoutError:  # chunked, or never written: decoded here, or by HDF5
+            fill = chunk_filler(dataset, info, start, self.path, what) or dataset_filler(
+                dataset, info, start, what
+            )
         shape = (stop - start, *info.shape[1:])
         return self.cache.get(source, info.dtype, shape, fill), source
 

@@ -57,8 +57,9 @@ from ._diskarray import (
     parse_shape,
 )
 from ._dtype import check_supported, dtype_to_spec
+from ._fill import FileBlock
 from ._handle import Handle, cache_for
-from ._load import BLOCK_BYTES, block_filler
+from ._load import BLOCK_BYTES
 from ._rows import resolve_rows
 from ._segment import FileIdentity, SegmentHeader, SegmentSource, segment_key
 from ._signals import Uninterruptible
@@ -315,7 +316,7 @@ def shared_array_from_disk(  # noqa: PLR0917 - the original's positional signatu
     key = _name_key(name)
     if found.find(key, recheck=True) is not None:
         _check_holds(found, key, name, source)
-    fill = block_filler(
+    fill = FileBlock(
         disk.path, disk.offset + start * disk.row_nbytes, f"{disk.path.name}[{start}:{stop}]"
     )
     shared = found.get(source, disk.dtype, (stop - start, *disk.shape[1:]), fill, key=key)
