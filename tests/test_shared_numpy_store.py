@@ -256,6 +256,21 @@ def test_a_worker_attaches_what_the_parent_loaded(
     assert not writeable
 
 
+def test_a_store_pickles_as_its_directory_not_its_arrays(
+    store: sns.SharedNumpyStore, data: np.ndarray[Any, Any]
+) -> None:
+    big = np.zeros((100_000, 3))
+    store.save(big, "big")
+    store.load("big", allow_create_shm=True)
+    store.append_save(big, "waiting", autoflush=False)
+    copy = pickle.loads(pickle.dumps(store))
+    assert len(pickle.dumps(store)) < 2048
+    assert copy.working_dir == store.working_dir
+    assert copy.load("big").shape == (100_000, 3)  # attaches the node's copy
+    assert copy.names() == ["big"]
+    store.close()
+
+
 def test_without_allow_create_shm_and_no_copy_on_the_node_load_is_a_clear_value_error(
     store: sns.SharedNumpyStore, data: np.ndarray[Any, Any]
 ) -> None:

@@ -471,6 +471,10 @@ def _check_array_name(name: object) -> str:
     return name
 
 
+def _reopen(working_dir: str, cache: Cache | None) -> SharedNumpyStore:
+    return SharedNumpyStore(working_dir, cache=cache)
+
+
 def _warn_unflushed(pending: dict[str, list[np.ndarray[Any, Any]]], where: str) -> None:
     if pending:
         warnings.warn(
@@ -520,6 +524,11 @@ class SharedNumpyStore:
 
     def __repr__(self) -> str:
         return f"SharedNumpyStore({self.working_dir!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A worker gets its own store of the same directory: the arrays this
+        # process serves and the rows waiting for its flush stay here.
+        return (_reopen, (self.working_dir, self._cache))
 
     def __enter__(self) -> SharedNumpyStore:
         return self
