@@ -52,7 +52,7 @@ import filelock
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from ._fill import FileBlock, copy_block
+from ._fill import FileFill
 from ._segment import (
     SEGMENT_SUFFIX,
     FileIdentity,
@@ -588,7 +588,7 @@ class Cache:
         source: SegmentSource,
         dtype: np.dtype[Any],
         shape: tuple[int, ...],
-        fill: Callable[[np.ndarray[Any, Any]], object] | FileBlock,
+        fill: Callable[[np.ndarray[Any, Any]], object] | FileFill,
         *,
         key: str | None = None,
         on_load: Callable[[], object] | None = None,
@@ -601,9 +601,11 @@ class Cache:
         is made in the budget, the file's space reserved, *fill* is called
         with a writeable C-ordered array of *dtype* and *shape* on the new
         segment and must fill all of it, and the segment is published by a
-        rename.  *fill* must not keep the array.  A :class:`FileBlock`
-        instead of a callback says the bytes are one block of a file: the
-        kernel copies them, in threads, without mapping the segment.
+        rename.  *fill* must not keep the array.  A :class:`FileFill`
+        instead of a callback may also write the file (``pwrite``), which is
+        faster than faulting in the pages of a fresh mapping; a
+        :class:`FileBlock` says the bytes are one block of a file, which
+        the kernel copies in threads.
 
         :param key: the segment's key, instead of the one made from *source*
             (:meth:`key`): for segments named by their user, whose source
@@ -657,7 +659,7 @@ class Cache:
         *,
         dtype: np.dtype[Any],
         shape: tuple[int, ...],
-        fill: Callable[[np.ndarray[Any, Any]], object] | FileBlock,
+        fill: Callable[[np.ndarray[Any, Any]], object] | FileFill,
         on_load: Callable[[], object] | None,
         timeout: float | None,
         recheck: bool,
@@ -688,7 +690,7 @@ class Cache:
         source: SegmentSource,
         dtype: np.dtype[Any],
         shape: tuple[int, ...],
-        fill: Callable[[np.ndarray[Any, Any]], object] | FileBlock,
+        fill: Callable[[np.ndarray[Any, Any]], object] | FileFill,
     ) -> np.ndarray[Any, Any]:
         header = new_header(key, source, dtype, shape)
         path = self._segment_path(key)
@@ -696,8 +698,9 @@ class Cache:
         started = time.monotonic()
         fd = self._reserve(temporary, header)
         try:
-            if isinstance(fill, FileBlock):
-                copy_block(fill, fd, header.data_offset, header.nbytes)
+            if isinstance(fill, FileFill):
+                writer = fill
+                _fill_segment(fd, header, lambda out: writer.write(fd, header.data_offset, out))
             else:
                 _fill_segment(fd, header, fill)
             with Uninterruptible():

@@ -17,15 +17,18 @@ it is a terminal.
 
 from __future__ import annotations
 
+import abc
 import os
 import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .errors import ArgumentError, InvalidStoreError
 
-__all__ = ["ENV_THREADS", "FileBlock", "copy_block", "progress", "worker_count"]
+__all__ = ["ENV_THREADS", "FileBlock", "FileFill", "copy_block", "progress", "worker_count"]
 
 ENV_THREADS = "SHMSTORE_THREADS"
 _MAX_THREADS = 8
@@ -33,8 +36,27 @@ _BUFFER = 1 << 20  # bytes a thread copies per system call: fits a core's cache
 _SPLIT_AT = 16 << 20  # bytes: smaller blocks are copied by one thread
 
 
+class FileFill(abc.ABC):
+    """A fill that may write the new segment's file itself, not only its mapping.
+
+    Given to :meth:`Cache.get` instead of a callback.  ``pwrite`` into a
+    reserved tmpfs file copies into its pages without faulting them into a
+    mapping one by one: 4.5 GB/s from a 1 MiB buffer against about 1 GB/s
+    for stores into a fresh mapping, on the development machine.
+    """
+
+    @abc.abstractmethod
+    def write(self, fd: int, data_offset: int, out: np.ndarray[Any, Any]) -> None:
+        """Fill the segment: bytes at *data_offset* of the open file *fd*, or through *out*.
+
+        *out* is a writeable array mapped on the same bytes (C order); the
+        two may be mixed, the page cache keeps them coherent.  Must not
+        keep *out*, and must not leave a thread writing when it returns.
+        """
+
+
 @dataclass(frozen=True)
-class FileBlock:
+class FileBlock(FileFill):
     """A segment's bytes are ``nbytes`` of the file *path* from byte *offset*.
 
     Given to :meth:`Cache.get` instead of a fill callback, the kernel copies
@@ -46,6 +68,10 @@ class FileBlock:
     path: str | os.PathLike[str]
     offset: int
     what: str = ""
+
+    def write(self, fd: int, data_offset: int, out: np.ndarray[Any, Any]) -> None:
+        """Copy ``out.nbytes`` bytes of the block into *fd* (the mapping is not touched)."""
+        copy_block(self, fd, data_offset, out.nbytes)
 
 
 def worker_count() -> int:
