@@ -22,7 +22,14 @@ from pydantic import ValidationError
 from .errors import ManifestError
 from .manifest import FORMAT, FORMAT_VERSION, Manifest
 
-__all__ = ["BACKUP_ATTR", "MANIFEST_ATTR", "has_manifest", "read_manifest", "write_manifest"]
+__all__ = [
+    "BACKUP_ATTR",
+    "MANIFEST_ATTR",
+    "copy_problems",
+    "has_manifest",
+    "read_manifest",
+    "write_manifest",
+]
 
 MANIFEST_ATTR = "shmstore_manifest"
 BACKUP_ATTR = "shmstore_manifest_backup"
@@ -78,6 +85,23 @@ def _parse(file: h5py.File, attr: str) -> Manifest:
         return Manifest.model_validate(data)
     except (ValidationError, RecursionError) as err:
         raise ManifestError(f"the manifest attribute {attr!r} is invalid: {err}") from err
+
+
+def copy_problems(file: h5py.File) -> list[str]:
+    """What is wrong with each stored copy of the manifest (empty: both are valid).
+
+    A store opens with one good copy; ``shmstore validate`` reports the other.
+    """
+    problems = []
+    for attr in (MANIFEST_ATTR, BACKUP_ATTR):
+        if attr not in file.attrs:
+            problems.append(f"the manifest attribute {attr!r} is missing")
+            continue
+        try:
+            _parse(file, attr)
+        except ManifestError as err:
+            problems.append(str(err))
+    return problems
 
 
 def read_manifest(file: h5py.File) -> Manifest | None:
