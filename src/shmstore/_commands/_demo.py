@@ -37,30 +37,32 @@ _ROW_FLOATS = 1024  # float64 per row: 8 KiB rows
 
 
 def private_bytes(exclude: str | None = None) -> int:
-    """This process's USS in bytes, less the private pages of the mapping of file *exclude*.
+    """This process's USS in bytes, less the private pages of its mapping of file *exclude*.
 
     USS counts a shared-memory page mapped by this process alone as private;
     *exclude* takes the segment's pages out, as they are counted once apart.
+    One read of ``/proc/self/smaps``: whether a page is private changes as
+    other processes map it, so the total and the part left out must be
+    read together.
     """
     total = 0
-    with open("/proc/self/smaps_rollup", encoding="ascii") as rollup:
-        for line in rollup:
-            if line.startswith(("Private_Clean:", "Private_Dirty:")):
-                total += int(line.split()[1]) * 1024
-    if exclude is None:
-        return total
     inside = False
     with open("/proc/self/smaps", encoding="utf-8", errors="replace") as smaps:
         for line in smaps:
-            first = line.split(maxsplit=1)[0]
+            first = line.split(maxsplit=1)[0] if line.strip() else ""
             if "-" in first and not first.endswith(":"):  # a mapping's header line
-                inside = line.rstrip().endswith(exclude)
-            elif inside and first in ("Private_Clean:", "Private_Dirty:"):
-                total -= int(line.split()[1]) * 1024
+                inside = exclude is not None and line.rstrip().endswith(exclude)
+            elif first in ("Private_Clean:", "Private_Dirty:") and not inside:
+                total += int(line.split()[1]) * 1024
     return total
 
 
 def _shared_worker(handle: Any, segment: str, out: Connection, go: Any) -> None:
+    # Measured from after the imports and set-up, so that only the slice's cost counts.
+    handle.is_current()
+    _ = handle.cache
+    from .. import _store  # noqa: F401 - what a pin may import
+
     before = private_bytes()
     array = handle.pin()
     float(np.asarray(array).sum())  # touch every page
@@ -71,9 +73,10 @@ def _shared_worker(handle: Any, segment: str, out: Connection, go: Any) -> None:
 def _h5py_worker(path: str, out: Connection, go: Any) -> None:
     import h5py
 
-    before = private_bytes()
     with h5py.File(path, "r", locking=False) as f:
-        array = f[_NAME][:]
+        dataset = f[_NAME]
+        before = private_bytes()
+        array = dataset[:]
     float(array.sum())
     out.send(private_bytes() - before)
     go.wait(120)
