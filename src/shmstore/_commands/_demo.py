@@ -29,7 +29,7 @@ from .._cache import Cache, parse_budget
 from .._store import open_store
 from ._format import emit_json, human_bytes, table
 
-__all__ = ["demo", "private_bytes"]
+__all__ = ["demo", "h5py_worker", "measure_workers", "private_bytes", "shared_worker"]
 
 _NAME = "activations"
 _PREFIX_VARIABLE = "HDF5_EXTFILE_PREFIX"
@@ -57,7 +57,8 @@ def private_bytes(exclude: str | None = None) -> int:
     return total
 
 
-def _shared_worker(handle: Any, segment: str, out: Connection, go: Any) -> None:
+def shared_worker(handle: Any, segment: str, out: Connection, go: Any) -> None:
+    """A worker that maps the node's copy through *handle*; sends its private growth in bytes."""
     # Measured from after the imports and set-up, so that only the slice's cost counts.
     handle.is_current()
     _ = handle.cache
@@ -70,11 +71,12 @@ def _shared_worker(handle: Any, segment: str, out: Connection, go: Any) -> None:
     go.wait(120)
 
 
-def _h5py_worker(path: str, out: Connection, go: Any) -> None:
+def h5py_worker(path: str, name: str, out: Connection, go: Any) -> None:
+    """A worker that reads its own copy of *name* with h5py; sends its private growth in bytes."""
     import h5py
 
     with h5py.File(path, "r", locking=False) as f:
-        dataset = f[_NAME]
+        dataset = f[name]
         before = private_bytes()
         array = dataset[:]
     float(array.sum())
@@ -82,8 +84,11 @@ def _h5py_worker(path: str, out: Connection, go: Any) -> None:
     go.wait(120)
 
 
-def _measure(target: Any, args: tuple[Any, ...], workers: int) -> int:
-    """Run *workers* processes of *target*; their summed private growth in bytes."""
+def measure_workers(target: Any, args: tuple[Any, ...], workers: int) -> int:
+    """Run *workers* spawned processes of *target*; their summed private growth in bytes.
+
+    Each holds its slice until all have reported, so their pages coexist.
+    """
     context = multiprocessing.get_context("spawn")
     go = context.Event()
     pipes, processes = [], []
@@ -144,14 +149,14 @@ def demo(args: argparse.Namespace) -> int:
         shared_bytes = os.stat(segment).st_blocks * 512
         handle.unpin()
         _say(args, f"{args.workers} workers map the node's copy")
-        shared_private = _measure(_shared_worker, (handle, segment), args.workers)
+        shared_private = measure_workers(shared_worker, (handle, segment), args.workers)
         _say(args, f"{args.workers} workers read their own copy with h5py")
         # How other tools find an appendable dataset's raw file beside its HDF5 file;
         # HDF5 reads it when it starts, so the workers get it in their environment.
         saved = os.environ.get(_PREFIX_VARIABLE)
         os.environ[_PREFIX_VARIABLE] = "${ORIGIN}"
         try:
-            h5py_private = _measure(_h5py_worker, (str(path),), args.workers)
+            h5py_private = measure_workers(h5py_worker, (str(path), _NAME), args.workers)
         finally:
             if saved is None:
                 os.environ.pop(_PREFIX_VARIABLE, None)
