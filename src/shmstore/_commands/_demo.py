@@ -4,10 +4,18 @@ It writes a sample store in a temporary directory, starts N worker
 processes that each use the same slice, and measures the node's memory two
 ways: the workers map the node's single copy through a handle, or each reads
 its own copy with h5py.  Node memory = the workers' summed USS (private
-memory, ``Private_Clean + Private_Dirty`` of ``/proc/<pid>/smaps_rollup``)
+memory, ``Private_Clean + Private_Dirty`` of ``/proc/<pid>/smaps``, which
+unlike ``smaps_rollup`` tells the segment's mapping apart)
 grown by the slice, plus the bytes the segment holds in shared memory
 (allocated blocks), each page counted once: a segment page that only one
-worker maps shows in its USS and is taken out of it.
+worker maps shows in its USS and is taken out of it.  The workers' USS
+before they touch the slice (Python, numpy, h5py: the same either way) is
+reported apart, as ``baseline_bytes``.
+
+Everything it creates is removed at the end, also on Ctrl-C or SIGTERM: the
+workers are started with SIGINT blocked (the terminal sends Ctrl-C to the
+whole process group; the parent stops them) and are terminated on an
+interruption.
 """
 
 from __future__ import annotations
@@ -17,19 +25,29 @@ import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .._cache import Cache, parse_budget
+from .._signals import Uninterruptible
 from .._store import open_store
 from ._format import emit_json, human_bytes, table
 
-__all__ = ["demo", "h5py_worker", "measure_workers", "private_bytes", "shared_worker"]
+__all__ = [
+    "Measured",
+    "demo",
+    "h5py_worker",
+    "measure",
+    "measure_workers",
+    "private_bytes",
+    "shared_worker",
+]
 
 _NAME = "activations"
 _PREFIX_VARIABLE = "HDF5_EXTFILE_PREFIX"
@@ -67,7 +85,7 @@ def shared_worker(handle: Any, segment: str, out: Connection, go: Any) -> None:
     before = private_bytes()
     array = handle.pin()
     float(np.asarray(array).sum())  # touch every page
-    out.send(private_bytes(exclude=segment) - before)
+    out.send((private_bytes(exclude=segment) - before, before))
     go.wait(120)
 
 
@@ -80,8 +98,64 @@ def h5py_worker(path: str, name: str, out: Connection, go: Any) -> None:
         before = private_bytes()
         array = dataset[:]
     float(array.sum())
-    out.send(private_bytes() - before)
+    out.send((private_bytes() - before, before))
     go.wait(120)
+
+
+class Measured(NamedTuple):
+    """What :func:`measure` found, summed over the workers, in bytes."""
+
+    growth: int
+    """USS after using the slice (still holding it) less USS before."""
+    baseline: int
+    """USS before using the slice: the interpreter and its imports."""
+
+
+def measure(target: Any, args: tuple[Any, ...], workers: int) -> Measured:
+    """Run *workers* spawned processes of *target*; their summed private memory in bytes.
+
+    *target* is called as ``target(*args, out, go)`` and sends ``(growth,
+    baseline)`` through *out*, then waits for the event *go*: each holds its
+    slice until all have reported, so their pages coexist.  The workers
+    start with SIGINT blocked; on any exception here (Ctrl-C included) they
+    are terminated at once.
+    """
+    context = multiprocessing.get_context("spawn")
+    go = context.Event()
+    pipes, processes = [], []
+    finished = False
+    try:
+        # A blocked signal stays blocked in the child (fork and exec keep the mask).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for _ in range(workers):
+                receive, send = context.Pipe(duplex=False)
+                process = context.Process(target=target, args=(*args, send, go), daemon=True)
+                process.start()
+                send.close()  # the child holds the sending end: recv sees EOF if it dies
+                pipes.append(receive)
+                processes.append(process)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a Ctrl-C meanwhile arrives now
+        try:
+            reports = [pipe.recv() for pipe in pipes]  # every worker holds its slice now
+        except EOFError:
+            codes = [p.exitcode for p in processes if p.exitcode is not None]
+            raise OSError(
+                f"a demo worker died (exit codes {codes}) before it measured its memory; "
+                "its traceback is above"
+            ) from None
+        finished = True
+        return Measured(sum(int(r[0]) for r in reports), sum(int(r[1]) for r in reports))
+    finally:
+        go.set()
+        for process in processes:
+            if not finished:
+                process.terminate()
+            process.join(30)
+            if process.is_alive():
+                process.kill()
+                process.join()
 
 
 def measure_workers(target: Any, args: tuple[Any, ...], workers: int) -> int:
@@ -89,30 +163,7 @@ def measure_workers(target: Any, args: tuple[Any, ...], workers: int) -> int:
 
     Each holds its slice until all have reported, so their pages coexist.
     """
-    context = multiprocessing.get_context("spawn")
-    go = context.Event()
-    pipes, processes = [], []
-    try:
-        for _ in range(workers):
-            receive, send = context.Pipe(duplex=False)
-            process = context.Process(target=target, args=(*args, send, go), daemon=True)
-            process.start()
-            pipes.append(receive)
-            processes.append(process)
-        try:
-            return sum(int(pipe.recv()) for pipe in pipes)  # every worker holds its slice now
-        except EOFError:
-            codes = [p.exitcode for p in processes if p.exitcode is not None]
-            raise OSError(
-                f"a demo worker died (exit codes {codes}) before it measured its memory; "
-                "its traceback is above"
-            ) from None
-    finally:
-        go.set()
-        for process in processes:
-            process.join(30)
-            if process.is_alive():
-                process.terminate()
+    return measure(target, args, workers).growth
 
 
 def _write_sample(path: Path, nbytes: int) -> None:
@@ -125,16 +176,15 @@ def _write_sample(path: Path, nbytes: int) -> None:
             store.append(_NAME, values.reshape(count, _ROW_FLOATS))
 
 
-def demo(args: argparse.Namespace) -> int:
-    """Measure node memory for N workers using one slice: shared copy against h5py copies."""
-    if args.workers < 1:
-        raise SystemExit("shmstore demo: error: --workers must be at least 1")
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    """Write the sample, measure both ways, clean up (also when interrupted); the figures."""
     nbytes = parse_budget(args.size, "/dev/shm", "--size")
     workdir = Path(tempfile.mkdtemp(prefix="shmstore-demo-"))
-    shm_base = Path("/dev/shm") if Path("/dev/shm").is_dir() else workdir
-    cache_dir = Path(tempfile.mkdtemp(prefix="shmstore-demo-cache-", dir=shm_base))
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    cache_dir: Path | None = None
     try:
+        shm_base = Path("/dev/shm") if Path("/dev/shm").is_dir() else workdir
+        cache_dir = Path(tempfile.mkdtemp(prefix="shmstore-demo-cache-", dir=shm_base))
         path = workdir / "sample.h5"
         _say(args, f"writing a sample store of {human_bytes(nbytes)} in {workdir}")
         _write_sample(path, nbytes)
@@ -149,71 +199,112 @@ def demo(args: argparse.Namespace) -> int:
         shared_bytes = os.stat(segment).st_blocks * 512
         handle.unpin()
         _say(args, f"{args.workers} workers map the node's copy")
-        shared_private = measure_workers(shared_worker, (handle, segment), args.workers)
+        shared = measure(shared_worker, (handle, segment), args.workers)
         _say(args, f"{args.workers} workers read their own copy with h5py")
         # How other tools find an appendable dataset's raw file beside its HDF5 file;
         # HDF5 reads it when it starts, so the workers get it in their environment.
         saved = os.environ.get(_PREFIX_VARIABLE)
         os.environ[_PREFIX_VARIABLE] = "${ORIGIN}"
         try:
-            h5py_private = measure_workers(h5py_worker, (str(path), _NAME), args.workers)
+            private = measure(h5py_worker, (str(path), _NAME), args.workers)
         finally:
             if saved is None:
                 os.environ.pop(_PREFIX_VARIABLE, None)
             else:
                 os.environ[_PREFIX_VARIABLE] = saved
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        shutil.rmtree(cache_dir, ignore_errors=True)
-        shutil.rmtree(workdir, ignore_errors=True)
-    with_shmstore = shared_private + shared_bytes
-    document = {
-        "workers": args.workers,
+        try:
+            with Uninterruptible():  # a second Ctrl-C waits until the files are gone
+                if cache_dir is not None:
+                    shutil.rmtree(cache_dir, ignore_errors=True)
+                shutil.rmtree(workdir, ignore_errors=True)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    return _document(
+        workers=args.workers,
+        size=size,
+        load_seconds=load_seconds,
+        shared=shared,
+        shared_bytes=shared_bytes,
+        private=private,
+    )
+
+
+def _document(
+    *,
+    workers: int,
+    size: int,
+    load_seconds: float,
+    shared: Measured,
+    shared_bytes: int,
+    private: Measured,
+) -> dict[str, Any]:
+    """The demo's figures, as ``--json`` prints them (bytes and seconds)."""
+    with_shmstore = shared.growth + shared_bytes
+    return {
+        "workers": workers,
         "slice_bytes": size,
         "load_seconds": load_seconds,
         "shmstore": {
-            "private_bytes": shared_private,
+            "private_bytes": shared.growth,
             "shared_bytes": shared_bytes,
             "node_bytes": with_shmstore,
+            "baseline_bytes": shared.baseline,
         },
-        "h5py": {"private_bytes": h5py_private, "shared_bytes": 0, "node_bytes": h5py_private},
-        "saved_ratio": h5py_private / with_shmstore if with_shmstore else None,
+        "h5py": {
+            "private_bytes": private.growth,
+            "shared_bytes": 0,
+            "node_bytes": private.growth,
+            "baseline_bytes": private.baseline,
+        },
+        "saved_ratio": private.growth / with_shmstore if with_shmstore else None,
     }
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Measure node memory for N workers using one slice: shared copy against h5py copies."""
+    document = _run(args)
     if args.json:
         emit_json(document)
         return 0
+    size = document["slice_bytes"]
+    ours, theirs = document["shmstore"], document["h5py"]
     print(
         f"{args.workers} workers each using the same {human_bytes(size)} slice "
-        f"(loaded once in {load_seconds:.2f} s):"
+        f"(loaded once in {document['load_seconds']:.2f} s):"
     )
     rows = [
         (
-            "shmstore (one shared copy)",
-            human_bytes(shared_private),
-            human_bytes(shared_bytes),
-            human_bytes(with_shmstore),
-            f"{with_shmstore / size:.2f}x",
-        ),
-        (
-            "h5py (a copy per worker)",
-            human_bytes(h5py_private),
-            "0 B",
-            human_bytes(h5py_private),
-            f"{h5py_private / size:.2f}x",
-        ),
+            label,
+            human_bytes(figures["private_bytes"]),
+            human_bytes(figures["shared_bytes"]),
+            human_bytes(figures["node_bytes"]),
+            f"{figures['node_bytes'] / size:.2f}x",
+        )
+        for label, figures in (
+            ("shmstore (one shared copy)", ours),
+            ("h5py (a copy per worker)", theirs),
+        )
     ]
     print(table(("", "workers' private", "shared memory", "node memory", "of the slice"), rows))
-    if with_shmstore:
-        print(f"shmstore used {h5py_private / with_shmstore:.1f}x less memory on this node")
+    if document["saved_ratio"]:
+        print(f"shmstore used {document['saved_ratio']:.1f}x less memory on this node")
+    whole = [f["node_bytes"] + f["baseline_bytes"] for f in (ours, theirs)]
+    print(
+        "node memory = the workers' summed USS growth while they hold the slice\n"
+        "  (Private_Clean + Private_Dirty, /proc/<pid>/smaps) + the slice's pages in shared\n"
+        "  memory, counted once. With the workers' whole USS (Python, numpy, h5py too):\n"
+        f"  shmstore {human_bytes(whole[0])}, h5py {human_bytes(whole[1])}."
+    )
     return 0
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM and SIGHUP stop the demo as Ctrl-C does, through its clean-up."""
     raise KeyboardInterrupt
 
 
 def _say(args: argparse.Namespace, message: str) -> None:
     if not args.json:
-        import sys
-
         print(f"... {message}", file=sys.stderr, flush=True)

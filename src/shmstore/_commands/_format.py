@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["emit_json", "human_bytes", "table"]
+__all__ = ["count", "emit_json", "human_bytes", "table"]
 
 
 def human_bytes(n: float) -> str:
@@ -17,6 +17,11 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def count(n: int, noun: str) -> str:
+    """``"1 dataset"``, ``"3 datasets"``: *n* and *noun*, plural unless *n* is 1."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -3,25 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
-from pathlib import Path
 from typing import Any
 
 import h5py
-import numpy as np
 
+from .._cache import Cache
 from .._diskarray import open_disk_array
 from .._manifest_io import copy_problems
 from .._store import Store, open_store
-from ..errors import ArgumentError, ShmStoreError
-from ..manifest import ArrayInfo, Manifest
-from ._format import emit_json, human_bytes, table
+from ..errors import (
+    ArgumentError,
+    LockTimeoutError,
+    ShmStoreError,
+    StoreNotFoundError,
+    UnsupportedDtypeError,
+)
+from ..manifest import FORMAT_VERSION, ArrayInfo, Manifest
+from ._format import count, emit_json, human_bytes, table
 
 __all__ = ["info", "parse_rows", "preload", "put", "validate"]
+
+_READ_BLOCK = 64 << 20
+"""Bytes per read of ``validate --full``: every row is read, never all at once."""
 
 
 def parse_rows(text: str | None) -> tuple[int | None, int | None] | None:
     """``"A:B"``, ``"A:"``, ``":B"`` (negative counts from the end) as ``(start, stop)``.
+
+    ``None`` (no ``--rows``) stands for every row.
 
     :raises ArgumentError: anything else.
     """
@@ -40,58 +51,105 @@ def parse_rows(text: str | None) -> tuple[int | None, int | None] | None:
 
 
 def _describe(info: ArrayInfo) -> dict[str, Any]:
+    """*info* as ``Store.info`` reports it (``model_dump(mode="json")``), plus ``nbytes``."""
     document = info.model_dump(mode="json")
     document["nbytes"] = info.nbytes
     return document
+
+
+def _dims(shape: tuple[int, ...] | None) -> str:
+    return "-" if shape is None else "x".join(map(str, shape)) or "()"
+
+
+def _dtype(info: ArrayInfo) -> str:
+    return info.dtype.str if info.dtype.fields is None else f"compound({len(info.dtype.fields)})"
+
+
+def _catalogue(store: Store) -> tuple[list[ArrayInfo], dict[str, str]]:
+    """The datasets *store* serves, and those it does not with why (foreign files only)."""
+    arrays, unsupported = [], {}
+    for name in store.names():
+        try:
+            arrays.append(store.info(name))
+        except UnsupportedDtypeError as err:
+            unsupported[name] = str(err)
+    return arrays, unsupported
 
 
 def info(args: argparse.Namespace) -> int:
     """List the datasets of FILE with shape, dtype, layout, chunks, compression and size."""
     with open_store(args.file) as store:
         manifest = store.manifest
-        arrays = [manifest.arrays[name] for name in store.names()]
+        arrays, unsupported = _catalogue(store)
+        path = store.path
     if args.json:
         emit_json(
             {
-                "path": str(Path(args.file).resolve()),
+                "path": str(path),
+                "format_version": FORMAT_VERSION,
                 "manifest": {"revision": manifest.revision, "inferred": manifest.inferred},
                 "datasets": [_describe(a) for a in arrays],
+                "unsupported": [{"name": k, "reason": v} for k, v in unsupported.items()],
                 "nbytes": sum(a.nbytes for a in arrays),
             }
         )
         return 0
-    origin = "inferred from the datasets (no manifest)" if manifest.inferred else "stored"
-    print(f"{args.file}: {len(arrays)} datasets, manifest {origin}, revision {manifest.revision}")
+    origin = (
+        "none in the file, inferred from the datasets"
+        if manifest.inferred
+        else f"stored, revision {manifest.revision} (format version {FORMAT_VERSION})"
+    )
+    print(
+        f"{args.file}: {count(len(arrays), 'dataset')}, "
+        f"{human_bytes(sum(a.nbytes for a in arrays))}; manifest {origin}"
+    )
     if arrays:
         rows = [
             (
                 a.name,
-                "x".join(map(str, a.shape)) or "()",
-                a.dtype.str if a.dtype.fields is None else "compound",
+                _dims(a.shape),
+                _dtype(a),
                 a.layout + (", appendable" if a.appendable else ""),
-                "x".join(map(str, a.chunks)) if a.chunks else "-",
-                a.compression or "-",
+                _dims(a.chunks),
+                (a.compression or "-")
+                + (f":{a.compression_opts}" if a.compression_opts is not None else ""),
                 human_bytes(a.nbytes),
+                a.version,
             )
             for a in arrays
         ]
-        print(table(("name", "shape", "dtype", "layout", "chunks", "compression", "size"), rows))
+        print(
+            table(
+                ("name", "shape", "dtype", "layout", "chunks", "compression", "size", "version"),
+                rows,
+            )
+        )
+    for name, why in unsupported.items():
+        print(f"not served: {name}: {why}")
     return 0
 
 
-def _problems(store: Store) -> list[str]:
-    """What is wrong with an opened store's datasets and stored manifest."""
+def _read_everything(store: Store, info: ArrayInfo) -> None:
+    """Read every row of *info*'s dataset, in blocks of about :data:`_READ_BLOCK` bytes."""
+    step = max(1, _READ_BLOCK // max(1, info.row_nbytes))
+    for start in range(0, info.rows, step):
+        store.read(info.name, (start, min(info.rows, start + step)))
+
+
+def _problems(store: Store, arrays: list[ArrayInfo], full: bool) -> list[str]:
+    """What is wrong with an opened store's datasets and its stored manifest copies."""
     problems = []
-    for name in store.names():
-        info = store.info(name)
+    for info in arrays:
         try:
-            if info.shape and info.rows:
-                store.read(name, (0, 1))
-                store.read(name, (info.rows - 1, info.rows))
-            elif not info.shape:
-                store.read(name)
+            if not info.shape:
+                store.read(info.name)
+            elif full:
+                _read_everything(store, info)
+            elif info.rows:
+                store.read(info.name, (0, 1))
+                store.read(info.name, (info.rows - 1, info.rows))
         except ShmStoreError as err:
-            problems.append(f"{name}: {err}")
+            problems.append(f"{info.name}: {err}")
     if not store.manifest.inferred:
         with h5py.File(store.path, "r", locking=False) as f:
             problems.extend(copy_problems(f))
@@ -102,17 +160,21 @@ def validate(args: argparse.Namespace) -> int:
     """Check FILE: it opens, its manifest is valid and agrees with the datasets, data read."""
     problems: list[str] = []
     manifest: Manifest | None = None
+    unsupported: dict[str, str] = {}
     try:
         with open_store(args.file) as store:
             manifest = store.manifest
-            problems = _problems(store)
+            arrays, unsupported = _catalogue(store)
+            problems = _problems(store, arrays, args.full)
+    except (StoreNotFoundError, LockTimeoutError):
+        raise  # nothing was checked: the usual one line on stderr
     except ShmStoreError as err:
         problems = [str(err)]
     ok = not problems
     if args.json:
         emit_json(
             {
-                "path": str(Path(args.file).resolve()),
+                "path": os.path.abspath(args.file),
                 "valid": ok,
                 "problems": problems,
                 "datasets": len(manifest.arrays) if manifest else None,
@@ -120,39 +182,52 @@ def validate(args: argparse.Namespace) -> int:
             }
         )
     elif ok and manifest is not None:
-        origin = "inferred (no manifest)" if manifest.inferred else "valid and in agreement"
-        print(f"{args.file}: OK: {len(manifest.arrays)} datasets readable, manifest {origin}")
+        origin = (
+            "none (a file of other tools): inferred from the datasets"
+            if manifest.inferred
+            else "valid, both copies, in agreement with the datasets"
+        )
+        extent = "every row" if args.full else "first and last rows"
+        print(
+            f"{args.file}: OK: {count(len(manifest.arrays), 'dataset')} readable ({extent}); "
+            f"manifest {origin}"
+        )
     else:
-        print(f"{args.file}: {len(problems)} problem(s):")
+        print(f"{args.file}: {count(len(problems), 'problem')}:")
         for problem in problems:
             print(f"  - {problem}")
+    if not args.json:
+        for name, why in unsupported.items():
+            print(f"  not served (not a problem of the file): {name}: {why}")
     return 0 if ok else 1
 
 
 def put(args: argparse.Namespace) -> int:
     """Write the array of SOURCE (.npy, or raw with --dtype and --shape) into FILE as NAME."""
     disk = open_disk_array(args.source, args.shape, args.dtype)
-    chunks: Any = args.chunks
-    if chunks not in (None, "auto"):
-        chunks = tuple(int(c) for c in chunks.split(","))
-    elif chunks == "auto":
-        chunks = True
     started = time.monotonic()
     with open_store(args.file, "a") as store:
+        if args.name in store and not args.overwrite:
+            raise ArgumentError(
+                f"{args.name!r} already exists in {args.file}: pass --overwrite to replace it"
+            )
+        # A read-only memmap of the source: HDF5 reads it page by page from the
+        # page cache, so a file larger than memory goes in too.
         store.write(
             args.name,
-            disk.memmap(0, disk.shape[0]),  # streamed from the page cache, never all in memory
-            chunks=chunks,
+            disk.memmap(0, disk.shape[0]),
+            chunks=args.chunks,
             compression=args.compression,
             appendable=args.appendable,
             overwrite=args.overwrite,
         )
         written = store.info(args.name)
+        path = store.path
     seconds = time.monotonic() - started
     if args.json:
         emit_json(
             {
-                "path": str(Path(args.file).resolve()),
+                "path": str(path),
                 "dataset": _describe(written),
                 "source": str(disk.path),
                 "seconds": seconds,
@@ -160,8 +235,10 @@ def put(args: argparse.Namespace) -> int:
         )
     else:
         print(
-            f"wrote {args.name!r} ({'x'.join(map(str, written.shape))} {written.dtype}, "
-            f"{human_bytes(written.nbytes)}, {written.layout}) into {args.file} in {seconds:.2f} s"
+            f"wrote {args.name!r} ({_dims(written.shape)} {_dtype(written)}, "
+            f"{human_bytes(written.nbytes)}, {written.layout}"
+            f"{', appendable' if written.appendable else ''}) into {args.file} "
+            f"in {seconds:.2f} s"
         )
     return 0
 
@@ -169,35 +246,44 @@ def put(args: argparse.Namespace) -> int:
 def preload(args: argparse.Namespace) -> int:
     """Load rows of NAME of FILE into this node's cache, unless they are there already."""
     rows = parse_rows(args.rows)
+    cache = Cache(directory=args.cache_dir)
     started = time.monotonic()
-    with open_store(args.file) as store:
+    with open_store(args.file, cache=cache) as store:
         handle = store.handle(args.name, rows)
-    loaded = handle.cached() is None
-    if loaded:
-        handle.pin()  # loads, once per node, with a progress bar on a terminal
+        there = handle.cached() is not None
+        if not there:
+            # Loads once per node (a load another process runs is waited for, not
+            # repeated), with a progress bar on a terminal.
+            with store.view(args.name, rows, mode="shared"):
+                pass
     seconds = time.monotonic() - started
-    nbytes = int(np.prod(handle.shape)) * handle.dtype.itemsize
+    # Exact: the segment records the process that loaded it.
+    loaded = not there and cache.header(handle.key).creator_pid == os.getpid()
+    nbytes = handle.dtype.itemsize
+    for n in handle.shape:
+        nbytes *= n
     start, stop = handle.rows
-    document = {
-        "path": str(handle.path),
-        "dataset": handle.name,
-        "rows": [start, stop],
-        "key": handle.key,
-        "nbytes": nbytes,
-        "loaded": loaded,
-        "seconds": seconds,
-        "cache": str(handle.cache.directory),
-    }
     if args.json:
-        emit_json(document)
+        emit_json(
+            {
+                "path": str(handle.path),
+                "dataset": handle.name,
+                "rows": [start, stop],
+                "key": handle.key,
+                "nbytes": nbytes,
+                "loaded": loaded,
+                "seconds": seconds,
+                "cache": str(cache.directory),
+            }
+        )
     elif loaded:
         print(
             f"loaded {handle.name}[{start}:{stop}] ({human_bytes(nbytes)}) into "
-            f"{handle.cache.directory} in {seconds:.2f} s (key {handle.key})"
+            f"{cache.directory} in {seconds:.2f} s (key {handle.key})"
         )
     else:
         print(
-            f"{handle.name}[{start}:{stop}] is already in {handle.cache.directory} "
-            f"(key {handle.key}); nothing to do"
+            f"{handle.name}[{start}:{stop}] ({human_bytes(nbytes)}) is already in "
+            f"{cache.directory} (key {handle.key}); nothing to do"
         )
     return 0
