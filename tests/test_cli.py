@@ -10,47 +10,17 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
 import pytest
 
 import shmstore
+from tests.cli_helpers import SCRIPT, one_line_error, run, run_json
 
 pytest_plugins = ["tests.cache_fixtures"]
-
-SCRIPT = Path(sys.executable).parent / "shmstore"
-
-
-def run(
-    *args: str, cache_dir: Path | None = None, script: bool = True
-) -> subprocess.CompletedProcess[str]:
-    """Run the console script (or ``python -m shmstore``) with the test's cache directory."""
-    env = dict(os.environ)
-    if cache_dir is not None:
-        env["SHMSTORE_DIR"] = str(cache_dir)
-    command = [str(SCRIPT)] if script else [sys.executable, "-m", "shmstore"]
-    return subprocess.run(
-        [*command, *args], capture_output=True, text=True, env=env, timeout=120, check=False
-    )
-
-
-def run_json(*args: str, cache_dir: Path | None = None) -> Any:
-    done = run(*args, "--json", cache_dir=cache_dir)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
-def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 1, (done.stdout, done.stderr)
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("shmstore: error: ")
-    return lines[0]
 
 
 @pytest.fixture
@@ -69,7 +39,7 @@ def store_file(tmp_path: Path) -> Path:
 def test_the_console_script_is_installed_and_so_is_python_m() -> None:
     assert SCRIPT.is_file()
     assert run("--version").stdout.startswith("shmstore ")
-    assert run("--version", script=False).stdout.startswith("shmstore ")
+    assert run("--version", module=True).stdout.startswith("shmstore ")
 
 
 def test_info_json_matches_the_api(store_file: Path) -> None:
