@@ -267,3 +267,28 @@ def test_a_foreign_external_dataset_over_two_files_appends_into_the_right_one(
     with shmstore.open(path) as store:
         np.testing.assert_array_equal(store.read("x"), [*first, *second, -1.0, -2.0])
     assert (tmp_path / "first.bin").read_bytes() == first.tobytes()
+
+
+def test_a_dataset_held_open_by_h5py_in_this_process_still_opens_and_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HDF5 refuses a second external-file prefix for a dataset already open in the process.
+
+    shmstore opens it with the prefix it has; memmap and shared views find the raw
+    file themselves; a read through HDF5 is a clear error, not a raw KeyError.
+    """
+    path = tmp_path / "held.h5"
+    values = np.arange(30.0).reshape(10, 3)
+    with shmstore.open(path, "w") as store:
+        store.append("x", values)
+    monkeypatch.chdir(tmp_path.parent)  # h5py's own prefix (the cwd) does not find the raw file
+    with h5py.File(path, "r", locking=False) as f:
+        held = f["x"]
+        with shmstore.open(path) as store:
+            # HDF5 reads with the prefix h5py opened the dataset with, here the cwd.
+            with pytest.raises(shmstore.InvalidStoreError, match="reading rows 2:5"):
+                store.read("x", (2, 5))
+            np.testing.assert_array_equal(store.memmap("x"), values)
+            with store.view("x", mode="shared") as shared:
+                np.testing.assert_array_equal(shared, values)
+        assert held.shape == (10, 3)

@@ -53,9 +53,20 @@ _DAPL.set_efile_prefix(b"${ORIGIN}")
 def open_dataset(file: h5py.File, name: str) -> h5py.Dataset:
     """Open dataset *name* with external files resolved beside the HDF5 file.
 
+    When this process already holds the dataset open through h5py with
+    another external-file prefix, HDF5 refuses a second prefix; the dataset
+    is then opened with the prefix it has.  shmstore never lets HDF5 read
+    external data (it finds raw files itself, see ``_memmap``), so the
+    prefix only matters to other code.
+
     :raises KeyError: no such object.
     """
-    return h5py.Dataset(h5d.open(file.id, name.encode(), dapl=_DAPL))
+    try:
+        return h5py.Dataset(h5d.open(file.id, name.encode(), dapl=_DAPL))
+    except KeyError as err:
+        if "external file prefix" not in str(err):
+            raise
+        return h5py.Dataset(h5d.open(file.id, name.encode()))
 
 
 def walk_datasets(file: h5py.File, skip: str) -> list[str]:
