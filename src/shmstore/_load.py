@@ -153,11 +153,13 @@ def _pipeline(dataset: h5py.Dataset) -> list[_Stage] | None:
 def _stored_chunks(dsid: h5py.h5d.DatasetID) -> list[Any]:
     """Every stored chunk's ``StoreInfo``: offset in the dataset, filter mask, byte offset, size."""
     infos: list[Any] = []
+    # chunk_iter is one pass (h5py 3.9+ built on HDF5 1.14+); get_chunk_info(i)
+    # is the fallback that every h5py shmstore supports has (3.8 lacks chunk_iter).
     if hasattr(dsid, "chunk_iter"):
         try:
             dsid.chunk_iter(infos.append)
             return infos
-        except (RuntimeError, NotImplementedError, AttributeError):  # HDF5 before 1.14
+        except (RuntimeError, NotImplementedError, AttributeError):
             infos.clear()
     return [dsid.get_chunk_info(index) for index in range(dsid.get_num_chunks())]
 
