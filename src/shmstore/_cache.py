@@ -63,6 +63,7 @@ from ._segment import (
     map_readonly,
     map_writable,
     new_header,
+    open_in_directory,
     open_segment,
     read_header,
     segment_key,
@@ -100,7 +101,6 @@ _LOCK_SUFFIX = ".lock"
 _SEGMENT_NAME = re.compile(r"([0-9a-f]{32})\.seg")
 _TEMPORARY_NAME = re.compile(r"([0-9a-f]{32})\.[0-9]+\.[0-9a-f]{8}\.tmp")
 _LOCK_NAME = re.compile(r"([0-9a-f]{32})\.lock")
-_UID = os.getuid()
 _OPEN_ANY = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _ACCESS_RESOLUTION_NS = 100_000_000  # an access time this recent (ns) is not rewritten
 _ATTACH_ATTEMPTS = 8  # a name evicted and reloaded between our open and lock, again and again
@@ -125,7 +125,7 @@ def default_directory() -> Path:
     job = os.environ.get("JOB_SHMTMPDIR", "").strip()
     if job:
         return Path(job) / "shmstore"
-    return Path("/dev/shm") / f"shmstore-{_UID}"
+    return Path("/dev/shm") / f"shmstore-{os.getuid()}"
 
 
 def parse_budget(value: int | str, directory: str | os.PathLike[str], what: str = "budget") -> int:
@@ -291,7 +291,7 @@ def _remove_unused(path: str, *, dry_run: bool = False) -> tuple[_Removal, str]:
     removes a file of another user, never waits.
     """
     try:
-        fd = os.open(path, _OPEN_ANY)
+        fd = open_in_directory(path, _OPEN_ANY)
     except FileNotFoundError:
         return _Removal.GONE, ""
     except OSError as err:
@@ -300,7 +300,7 @@ def _remove_unused(path: str, *, dry_run: bool = False) -> tuple[_Removal, str]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return _Removal.REFUSED, "it is not a regular file"
-        if st.st_uid != _UID:
+        if st.st_uid != os.geteuid():
             return _Removal.REFUSED, f"it belongs to uid {st.st_uid}, not to this user"
         if not try_lock_exclusive(fd):
             return _Removal.IN_USE, ""
@@ -313,7 +313,12 @@ def _remove_unused(path: str, *, dry_run: bool = False) -> tuple[_Removal, str]:
         if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
             return _Removal.GONE, ""
         if not dry_run:
-            os.unlink(path)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                return _Removal.GONE, ""
+            except OSError as err:  # a read-only file system, a directory we cannot write
+                return _Removal.REFUSED, f"cannot remove it ({err.strerror or err})"
         return _Removal.REMOVED, ""
     finally:
         os.close(fd)  # releases the exclusive lock, after the unlink
@@ -322,7 +327,8 @@ def _remove_unused(path: str, *, dry_run: bool = False) -> tuple[_Removal, str]:
 def _prepare_directory(directory: Path) -> None:
     """Create *directory* 0700, or check an existing one is this user's and private.
 
-    :raises SegmentError: a symbolic link, not a directory, or another user's.
+    :raises SegmentError: a symbolic link, not a directory, another user's,
+        or it cannot be created.
     """
     try:
         try:
@@ -352,10 +358,10 @@ def _prepare_directory(directory: Path) -> None:
         raise SegmentError(f"the cache directory {directory} {problem}") from err
     try:
         st = os.fstat(fd)
-        if st.st_uid != _UID:
+        if st.st_uid != os.geteuid():
             raise SegmentError(
                 f"the cache directory {directory} belongs to uid {st.st_uid}, not to this user "
-                f"(uid {_UID}); set {ENV_DIRECTORY} to a directory of your own"
+                f"(uid {os.geteuid()}); set {ENV_DIRECTORY} to a directory of your own"
             )
         mode = stat.S_IMODE(st.st_mode)
         if mode & 0o077:
@@ -371,18 +377,25 @@ def _prepare_directory(directory: Path) -> None:
 
 
 def _acquire(lock: filelock.BaseFileLock) -> None:
-    """Acquire *lock*, translating a link planted under its name.
+    """Acquire *lock*, translating a link planted under its name and other failures.
 
-    :raises SegmentError: the lock file is a symbolic link (``gc`` removes it).
+    :raises SegmentError: the lock file is a symbolic link (``gc`` removes it),
+        or cannot be created or opened (a read-only or vanished directory,
+        no permission, something else under its name).
     :raises filelock.Timeout: the lock's timeout passed.
     """
     try:
         lock.acquire()
+    except filelock.Timeout:
+        raise
     except OSError as err:
-        if err.errno != errno.ELOOP:
-            raise
+        if err.errno == errno.ELOOP:
+            raise SegmentError(
+                f"refusing lock file {lock.lock_file}: it is a symbolic link; Cache.gc() removes it"
+            ) from err
         raise SegmentError(
-            f"refusing lock file {lock.lock_file}: it is a symbolic link; Cache.gc() removes it"
+            f"cannot lock {lock.lock_file} ({err.strerror or err}): the cache directory must "
+            f"be writable by this user; set {ENV_DIRECTORY} to a directory on a tmpfs it can write"
         ) from err
 
 
@@ -490,8 +503,10 @@ class Cache:
                 base, array = map_readonly(fd, header)
                 now = time.time_ns()
                 if now - st.st_atime_ns > _ACCESS_RESOLUTION_NS:
-                    # The access time orders least-recently-used eviction.
-                    os.utime(fd, ns=(now, st.st_mtime_ns))
+                    # The access time orders least-recently-used eviction; a
+                    # read-only file system keeps the old one, which is harmless.
+                    with contextlib.suppress(OSError):
+                        os.utime(fd, ns=(now, st.st_mtime_ns))
             finally:
                 os.close(fd)  # the mapping keeps its own descriptor, and with it the lock
             _remember(path, base, header, st)
@@ -564,7 +579,8 @@ class Cache:
         ``key=``); a segment of a source is evicted with :meth:`evict`.
 
         :returns: whether there was a segment to remove.
-        :raises SegmentError: *key* is not a key.
+        :raises SegmentError: *key* is not a key, or the name cannot be
+            removed (a read-only cache directory).
         """
         path = self._segment_path(check_key(key))
         # This process must not hand out its old mapping under the name again.
@@ -573,6 +589,8 @@ class Cache:
             os.unlink(path)
         except FileNotFoundError:
             return False
+        except OSError as err:
+            raise SegmentError(f"cannot remove {path} ({err.strerror or err})") from err
         _log.info("unlinked segment %s", key)
         return True
 
@@ -623,7 +641,9 @@ class Cache:
         :raises LockTimeoutError: another process was still loading after *timeout*.
         :raises SegmentError: an unsafe or damaged file is where the segment
             should be (``gc`` removes it), the cached copy has another dtype
-            or shape than asked, or *fill* kept the array it was given.
+            or shape than asked, *fill* kept the array it was given, or the
+            cache directory cannot be written (read-only, not this user's,
+            a link, or removed during the load).
         :raises ArgumentError: a dtype holding Python objects or of no bytes,
             or a negative dimension.
         Whatever *fill* raises propagates, and nothing is published.
@@ -664,6 +684,9 @@ class Cache:
         timeout: float | None,
         recheck: bool,
     ) -> np.ndarray[Any, Any]:
+        # The directory may have been removed since (it is made again, 0700), or
+        # replaced by a link (refused): checked once per load, not per attach.
+        _prepare_directory(self.directory)
         lock_path = f"{self._prefix}{key}{_LOCK_SUFFIX}"
         lock = filelock.FileLock(lock_path, mode=0o600, timeout=-1 if timeout is None else timeout)
         try:
@@ -708,7 +731,14 @@ class Cache:
                 # the segment, after it every process finds it whole.  Done
                 # with SIGINT/SIGTERM deferred, so an interrupted loader has
                 # either published and registered its mapping, or nothing.
-                os.rename(temporary, path)
+                try:
+                    os.rename(temporary, path)
+                except OSError as err:
+                    raise SegmentError(
+                        f"cannot publish segment {key} of {source.describe()} in "
+                        f"{self.directory} ({err.strerror or err}): the directory was removed "
+                        "or made read-only during the load; ask again"
+                    ) from err
                 # fd still holds the loader's shared lock, so no evictor can
                 # take the segment between the rename and this mapping.
                 base, array = map_readonly(fd, header)
@@ -810,7 +840,11 @@ class Cache:
                     return create_segment(temporary, header)
                 except OSError as err:
                     if err.errno not in (errno.ENOSPC, errno.EDQUOT):
-                        raise
+                        raise SegmentError(
+                            f"cannot create {temporary} for {what} ({err.strerror or err}): "
+                            f"the cache directory must be writable by this user; set "
+                            f"{ENV_DIRECTORY} to a directory on a tmpfs it can write"
+                        ) from err
                     # The budget allows it but the file system is full (other
                     # files share it): evict on, then try again.
                     if evict_one() is None:
@@ -937,10 +971,14 @@ class Cache:
                     continue
                 if stat.S_ISLNK(f.st.st_mode):
                     # A link in our own directory: removing it never touches its target.
-                    if not dry_run:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(f.path)
                     outcome, why = _Removal.REMOVED, ""
+                    if not dry_run:
+                        try:
+                            os.unlink(f.path)
+                        except FileNotFoundError:
+                            pass
+                        except OSError as err:
+                            outcome, why = _Removal.REFUSED, f"cannot remove it ({err.strerror})"
                 else:
                     outcome, why = _remove_unused(f.path, dry_run=dry_run)
                 if outcome is _Removal.REMOVED:
@@ -965,8 +1003,8 @@ class Cache:
             return "a symbolic link where a cache file belongs"
         if f.kind is _Kind.BUDGET_LOCK:
             return None
-        if not stat.S_ISREG(f.st.st_mode) or f.st.st_uid != _UID:
-            owner = f"uid {f.st.st_uid}'s" if f.st.st_uid != _UID else "not a regular file"
+        if not stat.S_ISREG(f.st.st_mode) or f.st.st_uid != os.geteuid():
+            owner = f"uid {f.st.st_uid}'s" if f.st.st_uid != os.geteuid() else "not a regular file"
             _log.warning("gc left %s alone: %s, not this user's cache file", f.path, owner)
             return None
         if f.kind is _Kind.TEMPORARY:

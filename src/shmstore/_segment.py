@@ -6,7 +6,8 @@ derived from what it is a copy of (:class:`SegmentSource`).  Its file,
 
     offset 0   b"SHMSTSEG"                 8 bytes of magic
     offset 8   header length               4 bytes, unsigned little endian
-    offset 12  reserved                    4 zero bytes
+    offset 12  header checksum             CRC-32 of the JSON header, unsigned little
+                                           endian (0: none, written before checksums)
     offset 16  JSON header                 SegmentHeader, UTF-8
     ...        zero padding
     data_offset                            the rows, C order, page aligned
@@ -40,6 +41,7 @@ import stat
 import struct
 import time
 import weakref
+import zlib
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -66,6 +68,7 @@ __all__ = [
     "map_readonly",
     "map_writable",
     "new_header",
+    "open_in_directory",
     "open_segment",
     "read_header",
     "segment_key",
@@ -84,9 +87,9 @@ PAGE = mmap.ALLOCATIONGRANULARITY
 """Alignment of ``data_offset`` in bytes: ``mmap`` offsets must be multiples of it."""
 
 _PREFIX = struct.Struct("<8sI4x")
+_CHECKSUM = struct.Struct("<I")  # at offset 12, the reserved bytes of _PREFIX
 _MAX_HEADER = 1 << 20  # bytes; a header is a few hundred bytes per source file
 _FIRST_READ = 4096  # bytes read at once on attach: prefix and header in one pread
-_UID = os.getuid()
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -246,7 +249,8 @@ def check_key(key: object) -> str:
 def encode_header(header: SegmentHeader) -> bytes:
     """The fixed prefix and the JSON header, as written at offset 0 of the file."""
     text = header.model_dump_json().encode()
-    return _PREFIX.pack(MAGIC, len(text)) + text
+    prefix = _PREFIX.pack(MAGIC, len(text))
+    return prefix[:12] + _CHECKSUM.pack(zlib.crc32(text)) + text
 
 
 def new_header(
@@ -279,10 +283,29 @@ def new_header(
     return draft.model_copy(update={"data_offset": -(-room // PAGE) * PAGE})
 
 
+def open_in_directory(path: str, flags: int) -> int:
+    """``os.open(path, flags)``, following a symbolic link neither at *path* nor at its directory.
+
+    The directory is opened first with ``O_NOFOLLOW`` and the name opened
+    in it, so a cache directory replaced by a link after the ``Cache`` was
+    made (and checked) is not followed either.
+
+    :raises OSError: as ``os.open``; ``ENOTDIR`` when the directory is a
+        link or not a directory, ``ELOOP`` when *path* is a link.
+    """
+    directory, name = os.path.split(path)
+    dir_fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        return os.open(name, flags | os.O_NOFOLLOW, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def open_segment(path: str, *, shared: bool = False) -> tuple[int, os.stat_result]:
     """Open the cache file *path* read-only, refusing anything that is not ours and private.
 
-    ``O_NOFOLLOW`` refuses a symbolic link, ``O_NONBLOCK`` keeps a FIFO
+    ``O_NOFOLLOW`` refuses a symbolic link, there or as the directory
+    (:func:`open_in_directory`), ``O_NONBLOCK`` keeps a FIFO
     planted under the name from blocking the open.  Returns the descriptor
     and its ``fstat``.
 
@@ -292,12 +315,13 @@ def open_segment(path: str, *, shared: bool = False) -> tuple[int, os.stat_resul
         the open and the lock.  A lock on a refused file is harmless: it is
         released with the descriptor, which is closed.
     :raises FileNotFoundError: no such file.
-    :raises SegmentError: a symbolic link, not a regular file, a file of
-        another user, or one readable or writable by group or others.
+    :raises SegmentError: a symbolic link (or in a directory that is one), not
+        a regular file, a file of another user, or one readable or writable
+        by group or others.
     :raises LockTimeoutError: *shared*, and an exclusive holder did not let go.
     """
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = open_in_directory(path, _OPEN_FLAGS)
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise SegmentError(
@@ -306,6 +330,11 @@ def open_segment(path: str, *, shared: bool = False) -> tuple[int, os.stat_resul
             ) from err
         if err.errno == errno.ENOENT:
             raise
+        if err.errno == errno.ENOTDIR:
+            raise SegmentError(
+                f"refusing cache file {path}: its directory is a symbolic link or not a "
+                "directory (links are not followed)"
+            ) from err
         raise SegmentError(f"cannot open cache file {path}: {err.strerror}") from err
     try:
         if shared:
@@ -317,8 +346,8 @@ def open_segment(path: str, *, shared: bool = False) -> tuple[int, os.stat_resul
     problem = None
     if not stat.S_ISREG(st.st_mode):
         problem = "is not a regular file"
-    elif st.st_uid != _UID:
-        problem = f"belongs to uid {st.st_uid}, not to this user (uid {_UID})"
+    elif st.st_uid != os.geteuid():
+        problem = f"belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()})"
     elif st.st_mode & 0o077:
         problem = f"has mode {stat.S_IMODE(st.st_mode):o}, open to group or others (want 600)"
     if problem is not None:
@@ -337,7 +366,8 @@ def read_header(fd: int, st: os.stat_result, path: str, key: str) -> SegmentHead
     """Read and check the header of the open segment *fd*, which should hold *key*.
 
     Checked: the magic, the header validates as :class:`SegmentHeader`, its
-    key is *key*, and the file holds exactly ``data_offset + nbytes`` bytes.
+    checksum (when recorded) is that of its text, its key is *key*, and the
+    file holds exactly ``data_offset + nbytes`` bytes.
     A header is validated once per file and process, then remembered.
 
     :raises SegmentError: any of these checks fails.
@@ -371,6 +401,14 @@ def _parse_header(fd: int, st: os.stat_result, path: str) -> SegmentHeader:
         header = SegmentHeader.model_validate_json(text)
     except ValidationError as err:
         raise SegmentError(f"{path} has an invalid header: {err}") from err
+    # A flipped byte may leave valid JSON that says something else (another
+    # byte order, another source): the checksum tells.
+    (checksum,) = _CHECKSUM.unpack_from(first, 12)
+    if checksum and checksum != zlib.crc32(text):
+        raise SegmentError(
+            f"{path} is damaged: its header's checksum is {checksum:08x}, its text's "
+            f"{zlib.crc32(text):08x}"
+        )
     if header.data_offset < end:
         raise SegmentError(f"{path} is damaged: its data offset lies inside its header")
     if st.st_size != header.file_size:
