@@ -164,6 +164,10 @@ class Handle:
         if source is not None:
             self._source, self._key = source, segment_key(source)
             self.dtype, self.shape = array.dtype, array.shape
+            if self._pinned is not None:
+                # The pin follows the version now served: kept, the old mapping
+                # would pass the identity check of the new source and be served.
+                self._pinned = array
         return array
 
     @contextmanager
@@ -186,6 +190,8 @@ class Handle:
         """Keep one mapping of the slice for the life of this process (or :meth:`unpin`).
 
         A pinned segment is in use: the cache never evicts it.  Returns the array.
+        When the files change, the next shared view maps the new version and
+        the pin moves to it (the old mapping is dropped).
         """
         self._pinned = self._array("shared")
         return self._pinned
