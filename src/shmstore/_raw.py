@@ -42,21 +42,32 @@ def owned(store: Path, files: Iterable[Path]) -> tuple[str, ...]:
     return tuple(str(path.relative_to(store.parent)) for path in files if path.parent == directory)
 
 
+def _unlink(path: Path) -> None:
+    """Remove *path*; a file that cannot be removed (read-only directory) is logged, kept."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as err:
+        _log.warning("%s: cannot remove the unused raw file: %s", path, err)
+
+
 def remove_raw(store: Path, names: Iterable[str]) -> None:
-    """Remove the raw files *names* (relative to *store*'s directory)."""
+    """Remove the raw files *names* (relative to *store*'s directory), where allowed."""
     for name in names:
-        (store.parent / name).unlink(missing_ok=True)
+        _unlink(store.parent / name)
 
 
 def remove_orphans(store: Path, referenced: set[Path] | None) -> None:
-    """Remove raw files no dataset refers to (all of them when *referenced* is ``None``)."""
+    """Remove raw files no dataset refers to (all of them when *referenced* is ``None``).
+
+    Those that cannot be removed (a read-only directory) are logged and kept.
+    """
     directory = raw_dir(store)
     if not directory.is_dir():
         return
     for raw in directory.glob(f"*{_SUFFIX}"):
         if referenced is None or raw not in referenced:
             _log.info("%s: removing the unreferenced raw file %s", store, raw.name)
-            raw.unlink(missing_ok=True)
+            _unlink(raw)
 
 
 def write_raw(path: Path, offset: int, data: np.ndarray[Any, Any]) -> None:

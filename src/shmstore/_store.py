@@ -9,7 +9,9 @@ Crash behaviour (DESIGN.md invariant 8) rests on four choices made here:
   extent and flushes (one in-place object-header write), then writes the
   manifest.  A writer killed between the two leaves a dataset longer than its
   manifest entry: that is recognised on open as an append that never
-  returned, and its complete rows are kept.
+  returned, and its complete rows are kept.  An append to a chunked
+  dataset grows its chunk index, which is no more crash-safe than ``write``:
+  it runs under the undo journal (below).
 * The manifest is written whole, twice (see ``_manifest_io``).
 * ``write`` and ``delete`` create and unlink HDF5 objects, whose metadata
   flush is not crash-safe in any order; they run under an undo journal
@@ -27,7 +29,7 @@ import secrets
 import time
 import weakref
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -122,6 +124,15 @@ def check_rows_fit(info: ArrayInfo, rows: np.ndarray[Any, Any]) -> None:
         )
 
 
+def _chunk_digest(dataset: h5py.Dataset) -> str | None:
+    """The digest of a chunked dataset's chunk index for the manifest; None for other layouts."""
+    if dataset.chunks is None:
+        return None
+    from ._chunk_index import digest, stored_chunks
+
+    return digest(stored_chunks(dataset.id))
+
+
 class Store:
     """Numpy arrays in one HDF5 file; open one with :func:`shmstore.open`.
 
@@ -194,7 +205,14 @@ class Store:
             # Rolling back needs the exclusive side; no writer holds it, or
             # we would not hold the shared one.
             self._lock.release()
-            self._lock = StoreLock(self.path, write=True, timeout=lock_timeout)
+            try:
+                self._lock = StoreLock(self.path, write=True, timeout=lock_timeout)
+            except ReadOnlyError as err:
+                raise InvalidStoreError(
+                    f"{self.path} has an unfinished change ({journal_path(self.path).name}) of "
+                    f"a writer that died, and it cannot be rolled back here ({err}): open it "
+                    "once with mode 'a' where its directory is writable"
+                ) from err
         try:
             if rollback(self.path):
                 _log.warning("%s: rolled back a write or delete whose writer died", self.path)
@@ -214,8 +232,6 @@ class Store:
                 f"{self.path} is not an HDF5 file (or its superblock is damaged); "
                 "pass the right path, or mode 'w' to replace it"
             )
-        if self.mode == "w":
-            _raw.remove_orphans(self.path, None)
         h5mode = {"x": "w-"}.get(self.mode, self.mode)
         if exists and self.mode in ("r+", "a"):
             # HDF5 rewrites the superblock when it opens a file for writing,
@@ -231,7 +247,7 @@ class Store:
             # HDF5's own flock is redundant with the store lock and fails on
             # file systems without flock (NFS, Lustre); libver stays at h5py's
             # default, the format that reopens after a killed writer.
-            return h5py.File(self.path, h5mode, locking=False)
+            file = h5py.File(self.path, h5mode, locking=False)
         except PermissionError as err:
             raise ReadOnlyError(
                 f"cannot open {self.path} in mode {self.mode!r}: {err.strerror or err}; "
@@ -241,6 +257,10 @@ class Store:
             raise InvalidStoreError(
                 f"{self.path} cannot be opened as HDF5 (truncated or damaged?): {err}"
             ) from err
+        if self.mode == "w":
+            # Only now: a refused truncation must leave the old datasets whole.
+            _raw.remove_orphans(self.path, None)
+        return file
 
     def _load(self) -> None:
         """Read and check the manifest; in write modes finish an interrupted change."""
@@ -252,9 +272,10 @@ class Store:
         except (OSError, RuntimeError, ValueError, KeyError) as err:
             raise InvalidStoreError(f"{self.path} is damaged: {err}") from err
         self._unsupported: dict[str, str] = {}
+        self._chunk_indexes: dict[tuple[str, int, tuple[int, ...]], Any] = {}
         live: dict[str, ArrayInfo] = {}
         for name in names:
-            described = self._describe(name)
+            described = self._describe(name, strict=stored is not None and name in stored.arrays)
             if isinstance(described, str):
                 self._unsupported[name] = described
             else:
@@ -265,9 +286,10 @@ class Store:
         if self.writable:
             self._tidy()
 
-    def _describe(self, name: str, version: int = 0) -> ArrayInfo | str:
+    def _describe(self, name: str, version: int = 0, *, strict: bool = False) -> ArrayInfo | str:
         try:
-            return _hdf5.describe(_hdf5.open_dataset(self._file, name), name, version)
+            dataset = _hdf5.open_dataset(self._file, name)
+            return _hdf5.describe(dataset, name, version, strict=strict)
         except (OSError, RuntimeError, ValueError) as err:
             return f"{name!r} cannot be read: {err}"
 
@@ -400,6 +422,7 @@ class Store:
         dataset = _hdf5.open_dataset(self._file, name)
         if info.layout == "external":
             check_external(dataset, info, self.path)
+        self._chunk_index(dataset, info, (start, stop), hdf5_reads=True)
         try:
             if not info.shape:
                 return np.asarray(dataset[()], dtype=info.dtype)
@@ -407,10 +430,36 @@ class Store:
             if out.size:
                 dataset.read_direct(out, source_sel=np.s_[start:stop])
         except (OSError, RuntimeError, ValueError) as err:
+            why = _hdf5.missing_filters(dataset) or str(err)
             raise InvalidStoreError(
-                f"reading rows {start}:{stop} of {name!r} from {self.path} failed: {err}"
+                f"reading rows {start}:{stop} of {name!r} from {self.path} failed: {why}"
             ) from err
         return out
+
+    def _chunk_index(
+        self, dataset: h5py.Dataset, info: ArrayInfo, rows: tuple[int, int], *, hdf5_reads: bool
+    ) -> dict[tuple[int, ...], Any] | None:
+        """The checked chunk index of a chunked dataset; None for other layouts.
+
+        The whole index is checked once per version of the dataset (a pass
+        over its chunk list); when HDF5 will read *rows* (*hdf5_reads*),
+        its lookups of their chunks are checked too (see ``_chunk_index``).
+
+        :raises InvalidStoreError: the chunk index is damaged.
+        """
+        if info.layout != "chunked":
+            return None
+        from ._chunk_index import check_chunk_index, check_lookups
+
+        what = f"{info.name!r} in {self.path}"
+        key = (info.name, info.version, info.shape)
+        index = self._chunk_indexes.get(key)
+        if index is None:
+            index = check_chunk_index(dataset, info, self.path, what)
+            self._chunk_indexes[key] = index
+        if hdf5_reads:
+            check_lookups(dataset, info, index, rows, what)
+        return index
 
     def memmap(self, name: str, rows: object = None) -> np.ndarray[Any, Any]:
         """A read-only, zero-copy ``np.memmap`` of rows *rows* of dataset *name*.
@@ -420,10 +469,13 @@ class Store:
 
         :raises NotContiguousError: the dataset is chunked, compressed, compact or virtual.
         :raises LayoutError: its storage is not allocated (never written).
-        :raises InvalidStoreError: the file or the dataset's raw file is missing or short.
+        :raises InvalidStoreError: the file or the dataset's raw file is missing or short,
+            or the file was replaced since the store opened it.
+        :raises StoreNotFoundError: the file was removed since the store opened it.
         :raises ArrayNotFoundError, RowsError, UnsupportedDtypeError: as :meth:`read`.
         """
         info, start, stop = self._resolve(name, rows)
+        self._check_same_file()
         dataset = _hdf5.open_dataset(self._file, name)
         path, offset = source_block(dataset, info, self.path)
         if not info.shape:
@@ -441,13 +493,59 @@ class Store:
             self._cache = cache_for(None, None)
         return self._cache
 
+    def _check_same_file(self) -> None:
+        """Check that :attr:`path` is still the file this store has open.
+
+        Memory maps and cache loads read the file by its path, at offsets
+        found through the open file: after a rename over it they would read
+        another file's bytes.
+
+        :raises StoreNotFoundError: the file was removed since the store opened it.
+        :raises InvalidStoreError: another file was put in its place.
+        """
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError as err:
+            raise StoreNotFoundError(
+                f"{self.path} was removed after this store opened it: open it again"
+            ) from err
+        try:
+            opened = os.fstat(self._file.id.get_vfd_handle())
+        except (OSError, RuntimeError, ValueError, TypeError):
+            return  # a file driver without a descriptor: nothing to compare
+        if (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
+            raise InvalidStoreError(
+                f"{self.path} was replaced by another file after this store opened it: "
+                "open it again to read the new file"
+            )
+
     def _segment_source(self, info: ArrayInfo, start: int, stop: int) -> SegmentSource:
-        """What a cached copy of these rows is a copy of: files (by identity), dataset, version."""
+        """What a cached copy of these rows is a copy of: files (by identity), dataset, version.
+
+        :raises StoreNotFoundError: the HDF5 file was removed since the store was opened.
+        :raises InvalidStoreError: a raw file of the dataset is missing or cannot be examined.
+        """
         from ._segment import FileIdentity, SegmentSource
 
+        self._check_same_file()
+        identity = []
+        for path in self.source_files(info.name):
+            try:
+                identity.append(FileIdentity.of(path))
+            except FileNotFoundError as err:
+                if path == self.path:
+                    raise StoreNotFoundError(
+                        f"{self.path} was removed while open: open it again"
+                    ) from err
+                raise InvalidStoreError(
+                    f"the raw file {path} of {info.name!r} is missing: it must stay beside "
+                    f"{self.path.name}"
+                ) from err
+            except OSError as err:
+                raise InvalidStoreError(f"cannot examine {path} of {info.name!r}: {err}") from err
         return SegmentSource(
             path=str(self.path),
-            identity=tuple(FileIdentity.of(path) for path in self.source_files(info.name)),
+            identity=tuple(identity),
             dataset=info.name,
             version=info.version,
             start=start,
@@ -467,9 +565,11 @@ class Store:
             path, offset = source_block(dataset, info, self.path)
             fill: Any = FileBlock(path, offset + start * info.row_nbytes, what)
         except LayoutError:  # chunked, or never written: decoded here, or by HDF5
-            fill = chunk_filler(dataset, info, start, self.path, what) or dataset_filler(
-                dataset, info, start, what
-            )
+            index = self._chunk_index(dataset, info, (start, stop), hdf5_reads=False)
+            fill = chunk_filler(dataset, info, start, self.path, what, index=index)
+            if fill is None:
+                self._chunk_index(dataset, info, (start, stop), hdf5_reads=True)
+                fill = dataset_filler(dataset, info, start, what)
         shape = (stop - start, *info.shape[1:])
         return self.cache.get(source, info.dtype, shape, fill), source
 
@@ -675,7 +775,8 @@ class Store:
         so a crash never loses what was stored.
 
         :returns: the new dataset's :class:`ArrayInfo`.
-        :raises ReadOnlyError: the store is open read-only.
+        :raises ReadOnlyError: the store is open read-only, or (*appendable*) its
+            raw file directory is not writable.
         :raises ArgumentError: a bad name, a scalar, a bad filter, or *name*
             exists and *overwrite* is false.
         :raises UnsupportedDtypeError: object, unicode or variable-length dtypes.
@@ -698,10 +799,10 @@ class Store:
             with self._change():
                 temporary = self._trash_name()
                 if raw_name is not None:
-                    self._write_external(temporary, arr, raw_name)
+                    self._write_external(name, temporary, arr, raw_name)
                 else:
                     self._write_h5(temporary, arr, chunks, compression, appendable)
-                described = self._describe(temporary, revision)
+                described = self._describe(temporary, revision, strict=True)
                 if isinstance(described, str):
                     raise InvalidStoreError(
                         f"the dataset written for {name!r} is unreadable: {described}"
@@ -709,7 +810,12 @@ class Store:
                 if exists:
                     self._file.move(name, self._trash_name())
                 self._file.move(temporary, name)
-                info = described.model_copy(update={"name": name})
+                info = described.model_copy(
+                    update={
+                        "name": name,
+                        "chunk_digest": _chunk_digest(_hdf5.open_dataset(self._file, name)),
+                    }
+                )
                 self._set_manifest(
                     self._manifest.model_copy(
                         update={
@@ -748,10 +854,30 @@ class Store:
                 f"move what is in the way of {_raw.raw_dir(self.path)}"
             ) from err
 
-    def _write_external(self, temporary: str, arr: np.ndarray[Any, Any], raw_name: str) -> None:
+    def _write_raw(self, path: Path, offset: int, data: np.ndarray[Any, Any], name: str) -> None:
+        """Write *data* into the raw file *path* of dataset *name* at byte *offset*.
+
+        :raises ReadOnlyError: this user may not write the raw file or its directory.
+        :raises InvalidStoreError: another failure of the write (no space, I/O error).
+        """
+        try:
+            _raw.write_raw(path, offset, data)
+        except PermissionError as err:
+            raise ReadOnlyError(
+                f"cannot write the rows of {name!r} to its raw file {path}: {err.strerror}; "
+                "the raw files of a store must be as writable as the store itself"
+            ) from err
+        except OSError as err:
+            raise InvalidStoreError(
+                f"writing the rows of {name!r} to its raw file {path} failed: {err}"
+            ) from err
+
+    def _write_external(
+        self, name: str, temporary: str, arr: np.ndarray[Any, Any], raw_name: str
+    ) -> None:
         group = self._file.require_group(_TMP_GROUP)
         data = np.ascontiguousarray(arr)
-        _raw.write_raw(self.path.parent / raw_name, 0, data)
+        self._write_raw(self.path.parent / raw_name, 0, data, name)
         _hdf5.create_external(group, temporary.rsplit("/", 1)[1], data.dtype, data.shape, raw_name)
 
     def _write_h5(
@@ -788,7 +914,7 @@ class Store:
         rows survive a ``kill -9`` of this process at any later moment.
 
         :returns: the grown dataset's :class:`ArrayInfo`.
-        :raises ReadOnlyError: the store is open read-only.
+        :raises ReadOnlyError: the store is open read-only, or its raw file is not writable.
         :raises LayoutError: the dataset has a fixed size, or another trailing shape.
         :raises UnsupportedDtypeError: the rows' dtype differs from the dataset's.
         :raises InvalidStoreError: the raw file no longer holds the dataset's rows.
@@ -824,26 +950,35 @@ class Store:
                     "appendable=True, overwrite=True)"
                 )
         self._reopen_writable()
-        dataset = _hdf5.open_dataset(self._file, name)
-        if info.layout == "external":
-            # Rows first, extent second: the extent never covers unwritten bytes.
-            raw = data.reshape(-1).view(np.uint8)
-            done = 0
-            for raw_path, offset, length in spans:  # the rows may run on into the next file
-                _raw.write_raw(raw_path, offset, raw[done : done + length])
-                done += length
-            dataset.id.set_extent((new, *info.shape[1:]))
-        else:
-            dataset.resize(new, axis=0)
-            dataset[old:new] = data
-        self._file.flush()
-        revision = self._manifest.revision + 1
-        grown = info.model_copy(update={"shape": (new, *info.shape[1:]), "version": revision})
-        self._set_manifest(
-            self._manifest.model_copy(
-                update={"arrays": {**self._manifest.arrays, name: grown}, "revision": revision}
+        # Growing a chunked dataset adds chunks to its index (B-tree nodes
+        # split and move), which a kill can leave half flushed: journaled.
+        with nullcontext() if info.layout == "external" else self._change():
+            dataset = _hdf5.open_dataset(self._file, name)
+            if info.layout == "external":
+                # Rows first, extent second: the extent never covers unwritten bytes.
+                raw = data.reshape(-1).view(np.uint8)
+                done = 0
+                for raw_path, offset, length in spans:  # the rows may run on into the next file
+                    self._write_raw(raw_path, offset, raw[done : done + length], name)
+                    done += length
+                dataset.id.set_extent((new, *info.shape[1:]))
+            else:
+                dataset.resize(new, axis=0)
+                dataset[old:new] = data
+            self._file.flush()
+            revision = self._manifest.revision + 1
+            grown = info.model_copy(
+                update={
+                    "shape": (new, *info.shape[1:]),
+                    "version": revision,
+                    "chunk_digest": _chunk_digest(dataset),
+                }
             )
-        )
+            self._set_manifest(
+                self._manifest.model_copy(
+                    update={"arrays": {**self._manifest.arrays, name: grown}, "revision": revision}
+                )
+            )
         self._touch()
         return grown
 
