@@ -19,8 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import shmstore
+from shmstore._chunk_index import stored_chunks
 from shmstore._fill import ENV_THREADS, worker_count
-from shmstore._load import _stored_chunks, chunk_filler
+from shmstore._load import chunk_filler
 
 pytest_plugins = ["tests.cache_fixtures"]
 
@@ -90,7 +91,7 @@ def test_chunks_stored_with_a_filter_skipped_are_decoded_without_it(
         ds = f.create_dataset("x", data=values, chunks=(8, 128), compression="gzip")
         # HDF5 skips an optional filter that fails on a chunk, and marks the chunk so.
         ds.id.write_direct_chunk((16, 0), values[16:24].tobytes(), filter_mask=1)
-        masks = [c.filter_mask for c in _stored_chunks(ds.id)]  # chunk_iter is h5py >= 3.9
+        masks = [c.filter_mask for c in stored_chunks(ds.id)]  # chunk_iter is h5py >= 3.9
     assert sorted(masks)[-1] == 1
     assert _takes_the_decoding_path(path, "x")
     _shared_equals_h5py(path, "x", cache)
@@ -142,7 +143,7 @@ def test_a_damaged_chunk_is_an_error_and_nothing_is_published(
     values = np.arange(40_000, dtype=np.float32).reshape(-1, 100)
     with h5py.File(path, "w") as f:
         f.create_dataset("x", data=values, chunks=(40, 100), compression="gzip", shuffle=True)
-        stored = _stored_chunks(f["x"].id)
+        stored = stored_chunks(f["x"].id)
     victim = stored[len(stored) // 2]
     with open(path, "r+b") as f:
         f.seek(victim.byte_offset + victim.size // 2)

@@ -7,13 +7,14 @@ HDF5 file wherever the pair was moved, whatever the working directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
-from h5py import h5d, h5f, h5p, h5s, h5t
+from h5py import h5d, h5f, h5p, h5s, h5t, h5z
 
 from ._dtype import is_supported, unsupported_reason
 from .manifest import ArrayInfo, Layout
@@ -25,6 +26,7 @@ __all__ = [
     "describe",
     "external_files",
     "external_spans",
+    "missing_filters",
     "open_dataset",
     "walk_datasets",
 ]
@@ -103,8 +105,118 @@ def _compression(dcpl: Any) -> tuple[str | None, int | None]:
     return None, None
 
 
-def describe(dataset: h5py.Dataset, name: str, version: int = 0) -> ArrayInfo | str:
-    """The :class:`ArrayInfo` of *dataset*, or why shmstore cannot serve it."""
+def _unavailable(dcpl: Any) -> list[tuple[int, str]]:
+    missing = []
+    for index in range(dcpl.get_nfilters()):
+        code, _flags, _values, raw_name = dcpl.get_filter(index)
+        if not h5z.filter_avail(code):
+            name = FILTER_NAMES.get(code) or raw_name.decode(errors="replace") or "unnamed"
+            missing.append((code, name))
+    return missing
+
+
+def missing_filters(dataset: h5py.Dataset) -> str:
+    """Why HDF5 cannot decode *dataset* here, or "" when every filter it uses is available.
+
+    A filter HDF5 lacks is looked for in ``hdf5plugin`` first: importing it
+    registers its filters (zstd, blosc, lz4, bitshuffle, ...), so a store
+    written with them reads without the user importing it.
+    """
+    dcpl = dataset.id.get_create_plist()
+    if dcpl.get_layout() != h5d.CHUNKED:
+        return ""
+    missing = _unavailable(dcpl)
+    if missing:
+        with contextlib.suppress(ImportError):
+            import hdf5plugin  # noqa: F401  (registers its filters with HDF5)
+        missing = _unavailable(dcpl)
+    if not missing:
+        return ""
+    names = ", ".join(f"{name!r} (filter id {code})" for code, name in missing)
+    return (
+        f"it is compressed with {names}, which HDF5 in this Python cannot decode: "
+        "install hdf5plugin (pip install hdf5plugin) or the plugin that provides it"
+    )
+
+
+def _data_offset(dataset: h5py.Dataset, layout: Layout) -> int | None:
+    if layout == "contiguous":
+        offset = dataset.id.get_offset()
+        return None if offset is None else int(offset)
+    if layout == "external":
+        return int(dataset.id.get_create_plist().get_external(0)[1])
+    return None
+
+
+def _damage(dataset: h5py.Dataset, name: str, dtype: np.dtype[Any], strict: bool) -> str | None:
+    """Why *dataset*'s header cannot be what was written, or None.
+
+    HDF5's file format of 1.6 keeps no checksums, so a flipped bit in a
+    header is read as it is; these checks catch the flips that would
+    otherwise give wrong values without an error.
+    """
+    dcpl = dataset.id.get_create_plist()
+    for index in range(dcpl.get_nfilters()):
+        code, _flags, values, _raw = dcpl.get_filter(index)
+        if code == h5z.FILTER_SHUFFLE and tuple(values[:1]) not in ((), (dtype.itemsize,)):
+            return (
+                f"{name!r} is damaged: its shuffle filter is set for {values[0]}-byte "
+                f"elements, its dtype {dtype} has {dtype.itemsize}"
+            )
+    if strict and not _same_numbers(dataset.id.get_type(), h5t.py_create(dtype, logical=True)):
+        return (
+            f"{name!r} is damaged: its HDF5 datatype is not the one shmstore writes for "
+            f"{dtype} (a changed byte order, precision or bit layout would convert every value)"
+        )
+    return None
+
+
+def _same_numbers(stored: Any, written: Any) -> bool:
+    """True when the numeric parts of two HDF5 types read the same bytes as the same values.
+
+    Integers and floats must agree in byte order, precision and bit offset
+    (floats also in the place of sign, exponent and mantissa, and the
+    exponent bias); compounds member by member; other classes (strings,
+    enums' names, opaque) are not converted number by number and pass.
+    """
+    kind = stored.get_class()
+    if kind != written.get_class():
+        return False
+    if kind in (h5t.INTEGER, h5t.FLOAT):
+        same = (
+            stored.get_order() == written.get_order()
+            and stored.get_precision() == written.get_precision()
+            and stored.get_offset() == written.get_offset()
+            and stored.get_size() == written.get_size()
+        )
+        if kind == h5t.FLOAT:
+            same = (
+                same
+                and stored.get_fields() == written.get_fields()
+                and stored.get_ebias() == written.get_ebias()
+            )
+        elif same:
+            same = stored.get_sign() == written.get_sign()
+        return bool(same)
+    if kind == h5t.COMPOUND:
+        return stored.get_nmembers() == written.get_nmembers() and all(
+            stored.get_member_offset(i) == written.get_member_offset(i)
+            and _same_numbers(stored.get_member_type(i), written.get_member_type(i))
+            for i in range(stored.get_nmembers())
+        )
+    if kind == h5t.ENUM:
+        return _same_numbers(stored.get_super(), written.get_super())
+    return True
+
+
+def describe(
+    dataset: h5py.Dataset, name: str, version: int = 0, *, strict: bool = False
+) -> ArrayInfo | str:
+    """The :class:`ArrayInfo` of *dataset*, or why shmstore cannot serve it.
+
+    *strict* (a dataset shmstore wrote): its HDF5 datatype must also be
+    exactly the one shmstore writes for its dtype.
+    """
     dtype = dataset.dtype
     if dataset.shape is None:
         return f"{name!r} is an empty (null dataspace) dataset and holds no array"
@@ -118,9 +230,14 @@ def describe(dataset: h5py.Dataset, name: str, version: int = 0) -> ArrayInfo | 
         )
     if not is_supported(dtype):
         return unsupported_reason(dtype, repr(name))
+    damage = _damage(dataset, name, dtype, strict)
+    if damage is not None:
+        return damage
     dcpl = dataset.id.get_create_plist()
     layout = _layout(dcpl)
     compression, level = _compression(dcpl) if layout == "chunked" else (None, None)
+    if layout == "chunked":
+        missing_filters(dataset)  # imports hdf5plugin when the dataset needs it
     maxshape: tuple[int | None, ...] = tuple(dataset.maxshape or ())
     appendable = bool(maxshape) and maxshape[0] is None and layout in ("external", "chunked")
     return ArrayInfo(
@@ -133,6 +250,7 @@ def describe(dataset: h5py.Dataset, name: str, version: int = 0) -> ArrayInfo | 
         compression_opts=level,
         appendable=appendable,
         version=version,
+        data_offset=_data_offset(dataset, layout),
     )
 
 

@@ -32,7 +32,9 @@ from typing import Any, cast
 import h5py
 import numpy as np
 
+from ._chunk_index import stored_chunks
 from ._fill import FileFill, progress, worker_count
+from ._hdf5 import missing_filters
 from .errors import InvalidStoreError
 from .manifest import ArrayInfo
 
@@ -69,7 +71,8 @@ def dataset_filler(
                     )
                     bar.update((last - first) * info.row_nbytes)
         except (OSError, RuntimeError, ValueError) as err:
-            raise InvalidStoreError(f"reading {what} failed: {err}") from err
+            why = missing_filters(dataset) or str(err)
+            raise InvalidStoreError(f"reading {what} failed: {why}") from err
 
     return fill
 
@@ -150,22 +153,14 @@ def _pipeline(dataset: h5py.Dataset) -> list[_Stage] | None:
     return stages
 
 
-def _stored_chunks(dsid: h5py.h5d.DatasetID) -> list[Any]:
-    """Every stored chunk's ``StoreInfo``: offset in the dataset, filter mask, byte offset, size."""
-    infos: list[Any] = []
-    # chunk_iter is one pass (h5py 3.9+ built on HDF5 1.14+); get_chunk_info(i)
-    # is the fallback that every h5py shmstore supports has (3.8 lacks chunk_iter).
-    if hasattr(dsid, "chunk_iter"):
-        try:
-            dsid.chunk_iter(infos.append)
-            return infos
-        except (RuntimeError, NotImplementedError, AttributeError):
-            infos.clear()
-    return [dsid.get_chunk_info(index) for index in range(dsid.get_num_chunks())]
-
-
 def chunk_filler(
-    dataset: h5py.Dataset, info: ArrayInfo, start: int, path: Path, what: str
+    dataset: h5py.Dataset,
+    info: ArrayInfo,
+    start: int,
+    path: Path,
+    what: str,
+    *,
+    index: dict[tuple[int, ...], Any] | None = None,
 ) -> ChunkWriter | None:
     """A fill decoding the chunks of rows ``start, start + len(out)`` in threads.
 
@@ -175,6 +170,9 @@ def chunk_filler(
     converts compound and other types on the way, which this path does not).
 
     :param path: the HDF5 file, which holds the chunks.
+    :param index: the stored chunks by coordinates, as
+        :func:`~shmstore._chunk_index.check_chunk_index` returns them (listed
+        here when not given).
     :raises InvalidStoreError: (when filling) a chunk cannot be read or decoded.
     """
     chunks = dataset.chunks
@@ -200,9 +198,28 @@ def chunk_filler(
         dtype=dtype,
         chunks=chunks,
         stages=stages,
-        stored={tuple(c.chunk_offset): c for c in _stored_chunks(dataset.id)},
-        fill_value=dataset.fillvalue,
+        stored=index
+        if index is not None
+        else {tuple(c.chunk_offset): c for c in stored_chunks(dataset.id)},
+        read_missing=functools.partial(_read_region, dataset, what),
     )
+
+
+def _read_region(
+    dataset: h5py.Dataset, what: str, region: tuple[slice, ...], out: np.ndarray[Any, Any]
+) -> None:
+    """Read *region* of *dataset* into *out* through HDF5 (a chunk never written).
+
+    HDF5 supplies the fill value and checks it: asking h5py for
+    ``dataset.fillvalue`` instead crashes the interpreter on a damaged
+    fill-value message (found by fuzzing).
+
+    :raises InvalidStoreError: HDF5 cannot read the region.
+    """
+    try:
+        out[...] = dataset[region]
+    except (OSError, RuntimeError, ValueError) as err:
+        raise InvalidStoreError(f"reading an unwritten chunk of {what} failed: {err}") from err
 
 
 @dataclass
@@ -223,7 +240,7 @@ class ChunkWriter(FileFill):
     chunks: tuple[int, ...]
     stages: list[_Stage]
     stored: dict[tuple[int, ...], Any]
-    fill_value: Any
+    read_missing: Callable[[tuple[slice, ...], np.ndarray[Any, Any]], None]
 
     def write(self, fd: int, data_offset: int, out: np.ndarray[Any, Any]) -> None:
         """Fill *out* (rows ``start, start + len(out)``); see :class:`FileFill`."""
@@ -247,7 +264,12 @@ class ChunkWriter(FileFill):
                     target, source = _overlap(origin, chunks, self.shape, self.start, stop)
                     chunk = self.stored.get(origin)
                     if chunk is None:  # never written: HDF5 reads the fill value
-                        out[target] = self.fill_value
+                        rows = target[0]
+                        region = (
+                            slice(rows.start + self.start, rows.stop + self.start),
+                            *target[1:],
+                        )
+                        self.read_missing(region, out[target])
                     else:
                         data, shuffled = _decode(
                             source_fd, chunk, self.stages, chunk_nbytes, self.what

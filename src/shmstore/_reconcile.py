@@ -20,6 +20,16 @@ __all__ = ["needs_repair", "reconcile"]
 _log = logging.getLogger("shmstore")
 
 
+def _check_offset(info: ArrayInfo, found: ArrayInfo) -> None:
+    """Refuse a dataset whose bytes are not where shmstore wrote them (a damaged header)."""
+    if info.data_offset is not None and found.data_offset != info.data_offset:
+        raise ManifestError(
+            f"manifest says the data of {info.name!r} begin at byte {info.data_offset}, the "
+            f"file's header says {found.data_offset}: the header is damaged (or another tool "
+            "such as h5repack rewrote the file); refusing to serve data from the wrong place"
+        )
+
+
 def _checked(info: ArrayInfo, found: ArrayInfo, where: str) -> ArrayInfo:
     """*found* (the dataset) with *info*'s version, if the two agree."""
     if found.dtype != info.dtype:
@@ -28,7 +38,8 @@ def _checked(info: ArrayInfo, found: ArrayInfo, where: str) -> ArrayInfo:
             f"{found.dtype}: refusing to serve data of the wrong type"
         )
     if found.shape == info.shape:
-        return found.model_copy(update={"version": info.version})
+        _check_offset(info, found)
+        return found.model_copy(update={"version": info.version, "chunk_digest": info.chunk_digest})
     same_rows = len(found.shape) == len(info.shape) and found.shape[1:] == info.shape[1:]
     if info.appendable and same_rows and found.shape[0] > info.shape[0]:
         _log.warning(
@@ -38,6 +49,7 @@ def _checked(info: ArrayInfo, found: ArrayInfo, where: str) -> ArrayInfo:
             found.shape[0],
             info.shape[0],
         )
+        _check_offset(info, found)
         return found.model_copy(update={"version": info.version})
     raise ManifestError(
         f"manifest says {info.name!r} has shape {info.shape}, the file holds {found.shape}: "

@@ -44,7 +44,14 @@ class ArrayInfo(BaseModel):
     ``shape[0]`` is the number of rows; ``nbytes`` is the size of the whole
     array in bytes.  ``version`` is the manifest revision at which the dataset
     last changed: every ``write``, ``append`` and ``delete`` moves it forward,
-    so a cached copy of an older version is never served.
+    so a cached copy of an older version is never served.  ``data_offset`` is
+    where the bytes of a memory-mappable dataset begin in the file holding
+    them (the HDF5 file, or the raw file of an appendable one), in bytes:
+    HDF5's format keeps no checksum of its headers, so the offset is
+    recorded and checked on every open, and a damaged header that points
+    elsewhere is refused instead of read.  ``chunk_digest`` does the same for
+    the chunk index of a chunked dataset shmstore wrote: a digest of every
+    chunk's coordinates, byte offset, size and filter mask.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -58,6 +65,8 @@ class ArrayInfo(BaseModel):
     compression_opts: int | None = None
     appendable: bool = False
     version: NonNegativeInt = 0
+    data_offset: NonNegativeInt | None = None
+    chunk_digest: str | None = None
 
     @property
     def nbytes(self) -> int:
