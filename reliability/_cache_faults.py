@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import CRASH, FAILED, HANG, LEAK, OK, REFUSED, WRONG, Row, Settings, Timer, run_cases
+from _common import CRASH, FAILED, HANG, LEAK, OK, REFUSED, WRONG, Row, Settings, run_into_rows
 
 SECTION = "Faults"
 SHM = Path("/dev/shm")
@@ -644,14 +644,9 @@ def run(settings: Settings) -> list[Row]:
         ]
     rows = {kind: Row(SECTION, text) for kind, (text, _, _) in KINDS.items()}
     try:
-        with Timer() as timer:
-            results = run_cases(check_case, cases, workers=settings.workers, timeout=120)
-        for case, outcome, detail in results:
-            rows[case.kind].add(outcome, detail)
+        run_into_rows(check_case, cases, rows, workers=settings.workers, timeout=120)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    for row in rows.values():
-        row.seconds = timer.seconds * row.cases / max(1, len(cases))
     if not IS_ROOT:
         rows["readonly"].note = "not root: chmod 500 instead of a read-only mount"
         rows["full"].note = "not root: tiny budgets only, no small tmpfs"

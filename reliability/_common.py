@@ -184,6 +184,24 @@ def run_cases(
     return [r for r in results if r is not None]
 
 
+def run_into_rows(
+    fn: Callable[[Any], tuple[str, str]],
+    cases: Sequence[Any],
+    rows: dict[str, Row],
+    *,
+    workers: int,
+    timeout: float,
+) -> None:
+    """Run *cases* (each with a ``kind``) with :func:`run_cases`, adding each outcome to
+    ``rows[case.kind]``; the time taken is shared out among the rows by their cases."""
+    with Timer() as timer:
+        results = run_cases(fn, cases, workers=workers, timeout=timeout)
+    for case, outcome, detail in results:
+        rows[case.kind].add(outcome, detail)
+    for row in rows.values():
+        row.seconds = timer.seconds * row.cases / max(1, len(cases))
+
+
 def tally(row: Row, outcomes: Iterable[tuple[Any, str, str]]) -> Row:
     """Add every ``(case, outcome, detail)`` to *row*."""
     for _, outcome, detail in outcomes:

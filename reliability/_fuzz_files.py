@@ -32,7 +32,7 @@ from typing import Any
 
 import h5py
 import numpy as np
-from _common import FAILED, OK, REFUSED, WRONG, Row, Settings, Timer, run_cases
+from _common import FAILED, OK, REFUSED, WRONG, Row, Settings, run_into_rows
 
 SECTION = "Fuzzed files"
 STORE = "store.h5"
@@ -498,13 +498,8 @@ def run(settings: Settings) -> list[Row]:
     ]
     rows = {kind: Row(SECTION, text) for kind, text in KINDS.items()}
     try:
-        with Timer() as timer:
-            results = run_cases(check_case, cases, workers=settings.workers, timeout=60)
-        for case, outcome, detail in results:
-            rows[case.kind].add(outcome, detail)
+        run_into_rows(check_case, cases, rows, workers=settings.workers, timeout=60)
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
         shutil.rmtree(root, ignore_errors=True)
-    for row in rows.values():
-        row.seconds = timer.seconds * row.cases / max(1, len(cases))
     return list(rows.values())

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import FAILED, LEAK, OK, REFUSED, WRONG, Row, Settings, Timer, run_cases
+from _common import FAILED, LEAK, OK, REFUSED, WRONG, Row, Settings, run_into_rows
 
 SECTION = "Fuzzed segments"
 SHM = Path("/dev/shm")
@@ -603,14 +603,10 @@ def run(settings: Settings) -> list[Row]:
         ]
     rows = {kind: Row(SECTION, text) for kind, (text, _, _) in KINDS.items()}
     try:
-        with Timer() as timer:
-            results = run_cases(check_case, cases, workers=settings.workers, timeout=60)
-        for case, outcome, detail in results:
-            rows[case.kind].add(outcome, detail)
+        run_into_rows(check_case, cases, rows, workers=settings.workers, timeout=60)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for row in rows.values():
-        row.seconds = timer.seconds * row.cases / max(1, len(cases))
         if not IS_ROOT and row.what.endswith("(root only)"):
             row.note = "skipped: not root"
     return list(rows.values())

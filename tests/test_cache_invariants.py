@@ -9,10 +9,8 @@ import multiprocessing
 import os
 import random
 import signal
-import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -232,24 +230,6 @@ def test_invariant_4_a_slice_larger_than_the_budget_is_refused_before_loading(
     with pytest.raises(CacheFullError, match=f"needs {SEGMENT_FILE} bytes.*whole budget"):
         _get(cache, make_source(origin))
     assert not any(n.endswith((".tmp", ".seg")) for n in names(cache_dir))
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Any:
-    mount_point = tmp_path / f"tmpfs-{uuid.uuid4().hex[:8]}"
-    mount_point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip() or done.returncode}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=False)
 
 
 def test_invariant_4_full_tmpfs_gives_cache_full_error_never_sigbus(small_tmpfs: Path) -> None:

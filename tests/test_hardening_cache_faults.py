@@ -11,8 +11,6 @@ import os
 import shutil
 import stat
 import subprocess
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +27,6 @@ from ._cache_children import F8, SHAPE, expected, fill_expected, forkserver, mak
 pytest_plugins = ["tests.cache_fixtures"]
 
 FILE_SIZE = 4096 + expected().nbytes  # one page of header, then the rows
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A tmpfs of 8 MiB of its own, remountable read-only; unmounted afterwards."""
-    point = tmp_path / f"tmpfs-{uuid.uuid4().hex[:8]}"
-    point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=700", "tmpfs", str(point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip() or done.returncode}")
-    try:
-        yield point
-    finally:
-        subprocess.run(["umount", "-l", str(point)], check=False)
 
 
 def _read_only(point: Path) -> None:

@@ -102,6 +102,7 @@ _SEGMENT_NAME = re.compile(r"([0-9a-f]{32})\.seg")
 _TEMPORARY_NAME = re.compile(r"([0-9a-f]{32})\.[0-9]+\.[0-9a-f]{8}\.tmp")
 _LOCK_NAME = re.compile(r"([0-9a-f]{32})\.lock")
 _OPEN_ANY = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_POLL_SECONDS = 0.005  # how often a waiter tries a lock another process holds
 _ACCESS_RESOLUTION_NS = 100_000_000  # an access time this recent (ns) is not rewritten
 _ATTACH_ATTEMPTS = 8  # a name evicted and reloaded between our open and lock, again and again
 
@@ -385,7 +386,10 @@ def _acquire(lock: filelock.BaseFileLock) -> None:
     :raises filelock.Timeout: the lock's timeout passed.
     """
     try:
-        lock.acquire()
+        # filelock polls a lock another process holds (every 50 ms by
+        # default); the budget lock is held for milliseconds and a waiter
+        # on a load wants the segment as soon as it is published.
+        lock.acquire(poll_interval=_POLL_SECONDS)
     except filelock.Timeout:
         raise
     except OSError as err:
@@ -772,15 +776,23 @@ class Cache:
         finally:
             lock.release()
 
-    def _list(self) -> list[_Listed]:
+    def _list(self, *kinds: _Kind) -> list[_Listed]:
+        """The files of the directory, sorted by name; only those of *kinds* when given.
+
+        A name is classified before its file is examined: the lock files of
+        every key ever loaded pile up until ``gc``, and a load, which lists
+        segments, must not pay a ``stat`` for each of them.
+        """
         listed = []
         with os.scandir(self.directory) as found:
             for entry in found:
+                kind, key = _kind_of(entry.name)
+                if kinds and kind not in kinds:
+                    continue
                 try:
                     st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                kind, key = _kind_of(entry.name)
                 listed.append(_Listed(entry.name, entry.path, kind, key, st))
         listed.sort(key=lambda f: f.name)
         return listed
@@ -800,7 +812,7 @@ class Cache:
             )
         with self._budget_lock():
             self._remove_leftovers()
-            listed = self._list()
+            listed = self._list(_Kind.SEGMENT, _Kind.TEMPORARY)
             used = sum(f.allocated for f in listed if f.kind in (_Kind.SEGMENT, _Kind.TEMPORARY))
             oldest_first = iter(
                 sorted(
@@ -861,9 +873,7 @@ class Cache:
         Called under the budget lock, so a live loader's file is always locked.
         """
         removed = []
-        for f in self._list():
-            if f.kind is not _Kind.TEMPORARY:
-                continue
+        for f in self._list(_Kind.TEMPORARY):
             outcome, why = _remove_unused(f.path)
             if outcome is _Removal.REMOVED:
                 _log.info("removed %s, left by a loader that died", f.name)
@@ -881,9 +891,7 @@ class Cache:
         in the log (``gc`` removes the damaged ones).
         """
         found = []
-        for f in self._list():
-            if f.kind is not _Kind.SEGMENT:
-                continue
+        for f in self._list(_Kind.SEGMENT):
             try:
                 fd, st = open_segment(f.path)
             except FileNotFoundError:
@@ -925,7 +933,7 @@ class Cache:
         if all == (keys is not None):
             raise ArgumentError("evict() takes the keys to evict, or all=True (not both)")
         if all:
-            targets = [f.key for f in self._list() if f.kind is _Kind.SEGMENT]
+            targets = [f.key for f in self._list(_Kind.SEGMENT)]
         else:
             targets = [check_key(k) for k in ([keys] if isinstance(keys, str) else keys or ())]
         removed = []
