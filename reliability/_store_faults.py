@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import os
 import pickle
 import random
@@ -446,7 +447,13 @@ def _check_after_kill(
     return OK, "", 0, after
 
 
+def _quiet() -> None:
+    """The recoveries a case provokes are logged as warnings; the run reports them itself."""
+    logging.getLogger("shmstore").setLevel(logging.ERROR)
+
+
 def _kill_case(case: KillCase) -> tuple[str, str]:
+    _quiet()
     import shmstore
 
     rng = random.Random(case.seed)
@@ -658,6 +665,7 @@ def _run_probe(path: Path, cache_dir: str, as_nobody: bool) -> list[tuple[str, s
 
 
 def _read_only_case(case: ReadOnlyCase) -> tuple[str, str]:
+    _quiet()
     base = Path(case.directory)
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
@@ -773,6 +781,7 @@ def _holder_main(handle_b64: str) -> None:
 
 
 def _changed_case(case: ChangedCase) -> tuple[str, str]:
+    _quiet()
     base = Path(case.directory)
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
