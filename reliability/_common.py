@@ -184,6 +184,25 @@ def run_cases(
     return [r for r in results if r is not None]
 
 
+def cases_by_kind(
+    section: str,
+    kinds: dict[str, tuple[str, int, int]],
+    settings: Settings,
+    make: Callable[[str, int], Any],
+) -> tuple[list[Any], dict[str, Row]]:
+    """The cases of every kind and one empty Row per kind.
+
+    *kinds* maps a kind to (what its Row says, cases in quick mode, cases in
+    the full run); ``make(kind, seed)`` makes one case, each with its own
+    seed derived from ``settings.seed``.
+    """
+    cases = []
+    for n, (kind, (_, quick, full)) in enumerate(kinds.items()):
+        count = quick if settings.quick else full
+        cases += [make(kind, settings.seed * 1_000_000 + n * 10_000 + i) for i in range(count)]
+    return cases, {kind: Row(section, text) for kind, (text, _, _) in kinds.items()}
+
+
 def run_into_rows(
     fn: Callable[[Any], tuple[str, str]],
     cases: Sequence[Any],

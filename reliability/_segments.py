@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import FAILED, LEAK, OK, REFUSED, WRONG, Row, Settings, run_into_rows
+from _common import FAILED, LEAK, OK, REFUSED, WRONG, Row, Settings, cases_by_kind, run_into_rows
 
 SECTION = "Fuzzed segments"
 SHM = Path("/dev/shm")
@@ -595,13 +595,9 @@ def run(settings: Settings) -> list[Row]:
     """Every kind of damage, a number of seeds each; one Row per kind."""
     work = Path(settings.workdir) / "fuzz-segments"
     work.mkdir(parents=True, exist_ok=True)
-    cases = []
-    for n, (kind, (_, quick, full)) in enumerate(KINDS.items()):
-        count = quick if settings.quick else full
-        cases += [
-            Case(kind, settings.seed * 1_000_000 + n * 10_000 + i, str(work)) for i in range(count)
-        ]
-    rows = {kind: Row(SECTION, text) for kind, (text, _, _) in KINDS.items()}
+    cases, rows = cases_by_kind(
+        SECTION, KINDS, settings, lambda kind, seed: Case(kind, seed, str(work))
+    )
     try:
         run_into_rows(check_case, cases, rows, workers=settings.workers, timeout=60)
     finally:
