@@ -214,8 +214,11 @@ def describe(
 ) -> ArrayInfo | str:
     """The :class:`ArrayInfo` of *dataset*, or why shmstore cannot serve it.
 
-    *strict* (a dataset shmstore wrote): its HDF5 datatype must also be
-    exactly the one shmstore writes for its dtype.
+    *strict* (a dataset in a stored manifest): its number types must also
+    be the ones shmstore writes for its dtype (byte order, precision, bit
+    layout), so HDF5 converts nothing on the way.  Without it, only the
+    header checks that hold for any file (a shuffle filter for the dtype's
+    element size) apply.
     """
     dtype = dataset.dtype
     if dataset.shape is None:
