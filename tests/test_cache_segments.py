@@ -11,6 +11,7 @@ import os
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,28 @@ def test_fill_that_keeps_the_writeable_array_does_not_publish(cache: Cache, orig
         cache.get(source, F8, SHAPE, fill)
     assert cache.lookup(source) is None
     assert not [n for n in names(cache.directory) if n.endswith((".seg", ".tmp"))]
+
+
+def test_fill_whose_array_another_thread_holds_for_a_moment_still_publishes(
+    cache: Cache, origin: Path
+) -> None:
+    # As a sampling profiler (distributed's) does: it holds a task thread's
+    # frames, and so the array, for a moment after the fill returned.
+    released = threading.Event()
+
+    def hold(array: np.ndarray[Any, Any]) -> None:
+        time.sleep(0.05)
+        del array
+        released.set()
+
+    def fill(out: np.ndarray[Any, Any]) -> None:
+        fill_expected()(out)
+        threading.Thread(target=hold, args=(out,)).start()
+
+    array = cache.get(make_source(origin), F8, SHAPE, fill)
+    assert released.is_set()
+    np.testing.assert_array_equal(array, expected())
+    assert not array.flags.writeable
 
 
 def test_on_load_runs_once_under_the_lock_and_can_abort(cache: Cache, origin: Path) -> None:

@@ -292,3 +292,25 @@ def test_a_dataset_held_open_by_h5py_in_this_process_still_opens_and_reads(
             with store.view("x", mode="shared") as shared:
                 np.testing.assert_array_equal(shared, values)
         assert held.shape == (10, 3)
+
+
+def test_a_store_opens_while_another_thread_holds_one_of_its_datasets_open(
+    tmp_path: Path,
+) -> None:
+    """A load in another thread holds the dataset open with shmstore's ``${ORIGIN}`` prefix.
+
+    Opening the store again must not open that dataset with HDF5's default
+    prefix (HDF5 refuses a second prefix): it lists datasets without opening them.
+    """
+    from shmstore import _hdf5
+
+    path = tmp_path / "busy.h5"
+    with shmstore.open(path, "w") as store:
+        store.write("grp/x", np.arange(12.0).reshape(4, 3))
+        store.write("y", np.ones((2, 2)), chunks=(1, 2))
+    with h5py.File(path, "r", locking=False) as f:
+        loading = _hdf5.open_dataset(f, "grp/x")  # as a load in progress has it
+        with shmstore.open(path) as again:
+            assert again.names() == ["grp/x", "y"]
+            np.testing.assert_array_equal(again.read("grp/x", (1, 3)), [[3, 4, 5], [6, 7, 8]])
+        assert loading.shape == (4, 3)

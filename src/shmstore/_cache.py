@@ -103,6 +103,7 @@ _TEMPORARY_NAME = re.compile(r"([0-9a-f]{32})\.[0-9]+\.[0-9a-f]{8}\.tmp")
 _LOCK_NAME = re.compile(r"([0-9a-f]{32})\.lock")
 _OPEN_ANY = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _POLL_SECONDS = 0.005  # how often a waiter tries a lock another process holds
+_RELEASE_SECONDS = 1.0  # how long a load waits for a transient holder of its writeable array
 _ACCESS_RESOLUTION_NS = 100_000_000  # an access time this recent (ns) is not rewritten
 _ATTACH_ATTEMPTS = 8  # a name evicted and reloaded between our open and lock, again and again
 
@@ -430,12 +431,14 @@ def _holders(busy: Sequence[_Listed]) -> str:
 class Cache:
     """The shared-memory cache of this node: one directory per user, a budget in bytes.
 
-    :param directory: where segments live; default :func:`default_directory`.
+    :param directory: where segments live; default ``$SHMSTORE_DIR``, else
+        ``$JOB_SHMTMPDIR/shmstore``, else ``/dev/shm/shmstore-<uid>``.
         Created 0700 if absent (parents too); an existing one must be this
         user's, and is tightened to 0700 if open to group or others.
-    :param budget: bytes the cached segments may take, as :func:`parse_budget`
-        reads it (``1 << 30``, ``"64G"``, ``"50%"``); default
-        ``$SHMSTORE_BUDGET``, else 50 % of the file system holding *directory*.
+    :param budget: bytes the cached segments may take together: an int, a
+        string of bytes (``"1000000"``), a size with K, M, G or T in powers of
+        1024 (``"64G"``, ``"1.5T"``), or a share of the file system holding
+        *directory* (``"50%"``); default ``$SHMSTORE_BUDGET``, else ``"50%"``.
     :raises SegmentError: the directory is a link, not a directory, or another user's.
     :raises ArgumentError: the budget (argument or variable) cannot be read.
 
@@ -445,7 +448,9 @@ class Cache:
     """
 
     directory: Path
+    """The cache directory, an absolute path (its last component is checked not to be a link)."""
     budget: int
+    """Bytes the cached segments may take together."""
 
     def __init__(
         self, directory: str | os.PathLike[str] | None = None, budget: int | str | None = None
@@ -477,7 +482,8 @@ class Cache:
     def key(self, source: SegmentSource) -> str:
         """The key of the segment holding a copy of *source*: 32 hexadecimal digits.
 
-        The same on every process for the same source (see :func:`segment_key`).
+        The same on every process for the same source: a digest of its file
+        identities, dataset, version and rows.
         """
         return segment_key(source)
 
@@ -650,6 +656,7 @@ class Cache:
             a link, or removed during the load).
         :raises ArgumentError: a dtype holding Python objects or of no bytes,
             or a negative dimension.
+
         Whatever *fill* raises propagates, and nothing is published.
         """
         dtype = np.dtype(dtype)
@@ -1062,12 +1069,21 @@ def _fill_segment(
                 mapping.close()
         raise
     del target
-    if mapping is not None:
+    if mapping is None:
+        return
+    # A sampling profiler can hold the fill's finished frames, and through them
+    # the array, for a moment (distributed samples every task thread's stack
+    # every 10 ms): wait that out before concluding that the fill kept it.
+    deadline = time.monotonic() + _RELEASE_SECONDS
+    while True:
         try:
             mapping.close()
+            return
         except BufferError as err:
-            raise SegmentError(
-                f"the fill of {header.source.describe()} kept a reference to the array it "
-                "was given; a writeable view of shared pages must not outlive the load, so "
-                "the segment was not published"
-            ) from err
+            if time.monotonic() > deadline:
+                raise SegmentError(
+                    f"the fill of {header.source.describe()} kept a reference to the array it "
+                    "was given; a writeable view of shared pages must not outlive the load, so "
+                    "the segment was not published"
+                ) from err
+            time.sleep(0.001)

@@ -48,13 +48,15 @@ class Handle:
         source: SegmentSource,
         dtype: np.dtype[Any],
         shape: tuple[int, ...],
-        cache_directory: str,
-        cache_budget: int,
+        cache_directory: str | None,
+        cache_budget: int | None,
     ) -> None:
         self._source = source
         self._key = segment_key(source)
         self.dtype = dtype
+        """The dtype of the rows."""
         self.shape = shape
+        """The shape of the slice: ``(rows, *row shape)``."""
         self._cache_directory = cache_directory
         self._cache_budget = cache_budget
         self._pinned: np.ndarray[Any, Any] | None = None
@@ -86,8 +88,31 @@ class Handle:
 
     @property
     def cache(self) -> Cache:
-        """The node cache this handle's slice lives in."""
+        """The node cache this handle's slice lives in, in the process using it.
+
+        A handle made by a store opened with an explicit ``cache=`` names that
+        cache's directory and budget; otherwise it uses each process's default
+        cache (``SHMSTORE_DIR``, ``$JOB_SHMTMPDIR/shmstore``, ...), so a handle
+        sent to a worker on another node resolves to that node's cache.
+        """
         return cache_for(self._cache_directory, self._cache_budget)
+
+    def _part(self, start: int, stop: int) -> Handle:
+        """A handle of rows ``[start, stop)`` of the same version of the dataset (rows of ``self``'s
+        dataset, not relative to ``self``); the caller checks they are within the dataset."""
+        source = self._source.model_copy(update={"start": start, "stop": stop})
+        return Handle(
+            source=source,
+            dtype=self.dtype,
+            shape=(stop - start, *self.shape[1:]),
+            cache_directory=self._cache_directory,
+            cache_budget=self._cache_budget,
+        )
+
+    def __dask_tokenize__(self) -> tuple[str, str, str | None, int | None]:
+        # Dask names tasks by a token of their arguments: equal handles give equal
+        # tokens, and a new version of the rows (a new key) gives a new one.
+        return ("shmstore.Handle", self._key, self._cache_directory, self._cache_budget)
 
     def __repr__(self) -> str:
         start, stop = self.rows
@@ -192,6 +217,10 @@ class Handle:
         A pinned segment is in use: the cache never evicts it.  Returns the array.
         When the files change, the next shared view maps the new version and
         the pin moves to it (the old mapping is dropped).
+
+        :raises StoreNotFoundError: the HDF5 file is gone.
+        :raises RowsError: the dataset shrank below this handle's rows.
+        :raises CacheFullError: no room in the cache.
         """
         self._pinned = self._array("shared")
         return self._pinned

@@ -72,15 +72,25 @@ def open_dataset(file: h5py.File, name: str) -> h5py.Dataset:
 
 
 def walk_datasets(file: h5py.File, skip: str) -> list[str]:
-    """Paths of every dataset in *file* ("grp/sub/ds"), except under group *skip*."""
+    """Paths of every dataset in *file* ("grp/sub/ds"), except under group *skip*.
+
+    Objects are classified without being opened: a dataset opened here with
+    HDF5's default external-file prefix while another thread of the process
+    holds it open with ``${ORIGIN}`` (:func:`open_dataset`) would be refused.
+    """
     found: list[str] = []
 
-    def visit(name: str, obj: object) -> None:
-        if isinstance(obj, h5py.Dataset) and not (name == skip or name.startswith(skip + "/")):
+    def visit(name: str) -> None:
+        if is_dataset(file, name) and not (name == skip or name.startswith(skip + "/")):
             found.append(name)
 
-    file.visititems(visit)
+    file.visit(visit)
     return sorted(found)
+
+
+def is_dataset(file: h5py.File, name: str) -> bool:
+    """True when *name* is a dataset of *file* (its object header is read, it is not opened)."""
+    return file.get(name, getclass=True) is h5py.Dataset
 
 
 def _layout(dcpl: Any) -> Layout:

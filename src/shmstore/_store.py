@@ -140,6 +140,9 @@ class Store:
     file (``<file>.lock``) until :meth:`close`; one opened for writing holds
     the exclusive side, so writers are serialised and readers never see a
     change half made.  Use it as a context manager, or call :meth:`close`.
+
+    Every method but :meth:`close` raises :class:`~shmstore.ArgumentError`
+    on a closed store ("open it again").
     """
 
     def __init__(
@@ -151,13 +154,17 @@ class Store:
         lock_timeout: float = 30.0,
     ) -> None:
         self._cache = cache
+        self._cache_given = cache is not None
         if mode not in _MODES:
             raise ArgumentError(
                 f"mode must be one of {', '.join(_MODES)} (as in h5py), got {mode!r}"
             )
         self.path = Path(os.path.abspath(os.fspath(path)))
+        """The HDF5 file, an absolute path."""
         self.mode = mode
+        """The mode it was opened with: ``"r"``, ``"r+"``, ``"a"``, ``"w"``, ``"w-"`` or ``"x"``."""
         self.writable = mode != "r"
+        """False in mode ``"r"``."""
         self._closed = True
         exists = self.path.exists()
         if mode in ("r", "r+") and not exists:
@@ -644,12 +651,17 @@ class Store:
             source=self._segment_source(info, start, stop),
             dtype=info.dtype,
             shape=(stop - start, *info.shape[1:]),
-            cache_directory=str(self.cache.directory),
-            cache_budget=self.cache.budget,
+            # The default cache is resolved in the process that uses the handle:
+            # on another node ($JOB_SHMTMPDIR differs) it is that node's cache.
+            cache_directory=str(self.cache.directory) if self._cache_given else None,
+            cache_budget=self.cache.budget if self._cache_given else None,
         )
 
     def source_files(self, name: str) -> list[Path]:
-        """The files whose bytes make up dataset *name*: the HDF5 file and any raw files."""
+        """The files whose bytes make up dataset *name*: the HDF5 file and any raw files.
+
+        :raises ArrayNotFoundError: no dataset *name*.
+        """
         self.info(name)
         dataset = _hdf5.open_dataset(self._file, name)
         return [
@@ -731,8 +743,8 @@ class Store:
         expendable = [
             span
             for name in names
-            if isinstance(self._file[name], h5py.Dataset)
-            for span in _hdf5.data_ranges(self._file[name])
+            if _hdf5.is_dataset(self._file, name)
+            for span in _hdf5.data_ranges(_hdf5.open_dataset(self._file, name))
         ]
         with self._change(expendable):
             for name in names:
@@ -836,9 +848,9 @@ class Store:
         parts = name.split("/")
         for depth in range(1, len(parts)):
             parent = "/".join(parts[:depth])
-            if parent in self._file and isinstance(self._file[parent], h5py.Dataset):
+            if parent in self._file and _hdf5.is_dataset(self._file, parent):
                 raise ArgumentError(f"cannot create {name!r}: {parent!r} is a dataset, not a group")
-        if name in self._file and not isinstance(self._file[name], h5py.Dataset):
+        if name in self._file and not _hdf5.is_dataset(self._file, name):
             raise ArgumentError(f"cannot write {name!r}: it is a group of the file")
 
     def _new_raw_name(self, name: str) -> str:
