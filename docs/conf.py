@@ -1,0 +1,105 @@
+"""Sphinx configuration of shmstore's documentation site.
+
+Build it with ``python3 -m tox -e docs`` (warnings are errors, every
+cross-reference must resolve).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import shmstore
+
+DOCS = Path(__file__).parent
+
+project = "shmstore"
+author = "shmstore developers"
+copyright = "shmstore developers"
+release = version = shmstore.__version__
+
+extensions = [
+    "myst_parser",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.intersphinx",
+    "sphinx.ext.viewcode",
+]
+
+source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
+root_doc = "index"
+exclude_patterns = ["_build", "_inventories", "examples", "README.md"]
+
+# The Dask page of the reference appears once ``shmstore.dask`` exists.
+if importlib.util.find_spec("shmstore.dask") is None:
+    exclude_patterns.append("api/dask.rst")
+
+html_theme = "furo"
+html_title = "shmstore"
+
+myst_enable_extensions = ["colon_fence", "deflist"]
+myst_heading_anchors = 3
+
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented_params"
+autodoc_default_options = {"show-inheritance": True}
+
+nitpicky = True
+
+# Intersphinx reads small inventories committed in docs/_inventories (made by
+# docs/_inventories/make.py), so the build needs no network; links still point
+# at the public documentation.
+intersphinx_mapping = {
+    "python": ("https://docs.python.org/3/", str(DOCS / "_inventories" / "python.inv")),
+    "numpy": ("https://numpy.org/doc/stable/", str(DOCS / "_inventories" / "numpy.inv")),
+    "h5py": ("https://docs.h5py.org/en/stable/", str(DOCS / "_inventories" / "h5py.inv")),
+}
+for _project, _url in {
+    "pydantic": "https://docs.pydantic.dev/latest/",
+    "dask": "https://docs.dask.org/en/stable/",
+    "distributed": "https://distributed.dask.org/en/stable/",
+}.items():
+    intersphinx_mapping[_project] = (_url, str(DOCS / "_inventories" / f"{_project}.inv"))
+
+nitpick_ignore: list[tuple[str, str]] = []
+
+# Type hints and docstrings name things as the source does: ``np.ndarray``,
+# ``da.Array``, ``Store.read`` inside ``shmstore.dask``, or a class by its
+# private home (``shmstore._store.Store``).  Point them at the documented names.
+_PREFIXES = {"np.": "numpy.", "da.": "dask.array."}
+
+
+def _public_name(target):
+    """The documented name *target* stands for, or None."""
+    for prefix, public in _PREFIXES.items():
+        if target.startswith(prefix):
+            return public + target[len(prefix) :]
+    parts = target.split(".")
+    if parts[0] == "shmstore" and len(parts) > 2 and parts[1].startswith("_"):
+        parts = ["shmstore", *parts[2:]]  # shmstore._store.Store -> shmstore.Store
+    elif parts[0] in shmstore.__all__:
+        parts = ["shmstore", *parts]  # Store.read -> shmstore.Store.read
+    else:
+        return None
+    if parts[1] not in shmstore.__all__:
+        return None
+    return ".".join(parts)
+
+
+def _resolve_public(app, env, node, contnode):
+    if node.get("refdomain") != "py":
+        return None
+    target = _public_name(node.get("reftarget", ""))
+    if target is None:
+        return None
+    node["reftarget"] = target
+    if target.startswith("shmstore."):
+        py = env.domains["py"]
+        return py.resolve_xref(
+            env, node["refdoc"], app.builder, node["reftype"], target, node, contnode
+        )
+    return None  # an external name: intersphinx, which runs next, resolves it
+
+
+def setup(app):
+    app.connect("missing-reference", _resolve_public, priority=100)
