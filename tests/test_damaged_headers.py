@@ -95,6 +95,20 @@ def test_a_changed_integer_precision_is_refused_not_converted(tmp_path: Path) ->
         shmstore.open(path)
 
 
+def test_a_datatype_hdf5_refuses_to_open_is_a_shmstore_error_naming_the_dataset(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.h5"
+    with shmstore.open(path, "w") as store:
+        store.write("x", np.arange(-50, 50, dtype="<i8").reshape(25, 4))
+        store.write("y", np.ones((3, 3)))
+    start, _ = messages(path, "x")[DATATYPE]
+    # The datatype's size in bytes follows its class and bit field: 655362 bytes.
+    patch(path, start + 4, struct.pack("<I", 655_362))
+    with pytest.raises(shmstore.ShmStoreError, match="'x'"):
+        shmstore.open(path)
+
+
 def test_a_shuffle_filter_for_another_element_size_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.h5"
     data = np.arange(800, dtype="<f4").reshape(100, 8)

@@ -297,7 +297,9 @@ class Store:
         try:
             dataset = _hdf5.open_dataset(self._file, name)
             return _hdf5.describe(dataset, name, version, strict=strict)
-        except (OSError, RuntimeError, ValueError) as err:
+        except (OSError, RuntimeError, ValueError, KeyError) as err:
+            # KeyError: HDF5 refused a damaged object header (bad datatype,
+            # dataspace) when opening; the name itself was just listed.
             return f"{name!r} cannot be read: {err}"
 
     def _repair(self) -> None:
