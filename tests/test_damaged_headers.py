@@ -109,6 +109,20 @@ def test_a_datatype_hdf5_refuses_to_open_is_a_shmstore_error_naming_the_dataset(
         shmstore.open(path)
 
 
+def test_a_datatype_numpy_cannot_represent_is_a_shmstore_error_naming_the_dataset(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.h5"
+    with shmstore.open(path, "w") as store:
+        store.write("x", np.arange(-50, 50, dtype="<i8").reshape(25, 4))
+    start, _ = messages(path, "x")[DATATYPE]
+    # A 3-byte integer of 24 bits: valid HDF5, but h5py has no numpy dtype for it.
+    patch(path, start + 4, struct.pack("<I", 3))
+    patch(path, start + 10, struct.pack("<H", 24))
+    with pytest.raises(shmstore.ShmStoreError, match=r"'x'.*numpy cannot represent"):
+        shmstore.open(path)
+
+
 def test_a_shuffle_filter_for_another_element_size_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.h5"
     data = np.arange(800, dtype="<f4").reshape(100, 8)

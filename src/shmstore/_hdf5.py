@@ -230,7 +230,10 @@ def describe(
     header checks that hold for any file (a shuffle filter for the dtype's
     element size) apply.
     """
-    dtype = dataset.dtype
+    try:
+        dtype = dataset.dtype
+    except TypeError as err:  # h5py found no numpy dtype for it (a 3-byte integer, ...)
+        return f"{name!r} has an HDF5 datatype that numpy cannot represent ({err})"
     if dataset.shape is None:
         return f"{name!r} is an empty (null dataspace) dataset and holds no array"
     if dtype.subdtype is not None:
