@@ -129,7 +129,9 @@ Each with a regression test (the test file in brackets):
   vanished or read-only cache directory gave bare OS errors
   (`test_hardening_segments.py`, `test_hardening_cache_faults.py`).
 - A pinned handle served an old version again after a view had served the new
-  one (`test_soak.py`)."""
+  one (`test_soak.py`).
+- A datatype that HDF5 refuses to open, or that numpy cannot represent, escaped
+  from a store's open as a bare KeyError or TypeError (`test_damaged_headers.py`)."""
 
 
 def main(argv: list[str] | None = None) -> int:
