@@ -82,11 +82,21 @@ def test_a_moved_data_address_is_refused_not_read_from_elsewhere(tmp_path: Path)
         shmstore.open(path)
 
 
-def test_a_changed_integer_precision_is_refused_not_converted(tmp_path: Path) -> None:
+def int64_store(tmp_path: Path) -> tuple[Path, int]:
+    """A store of one int64 dataset ``"x"``, and where its datatype message's data begins.
+
+    The message: class and version (1 byte), bit field (3), size in bytes (4);
+    then the fixed-point properties: bit offset (2), precision in bits (2).
+    """
     path = tmp_path / "s.h5"
     with shmstore.open(path, "w") as store:
         store.write("x", np.arange(-50, 50, dtype="<i8").reshape(25, 4))
     start, _ = messages(path, "x")[DATATYPE]
+    return path, start
+
+
+def test_a_changed_integer_precision_is_refused_not_converted(tmp_path: Path) -> None:
+    path, start = int64_store(tmp_path)
     # Fixed-point properties follow 8 bytes of class, bit field and size: offset, precision.
     patch(path, start + 10, struct.pack("<H", 60))
     with h5py.File(path, "r") as file:
@@ -98,13 +108,8 @@ def test_a_changed_integer_precision_is_refused_not_converted(tmp_path: Path) ->
 def test_a_datatype_hdf5_refuses_to_open_is_a_shmstore_error_naming_the_dataset(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "s.h5"
-    with shmstore.open(path, "w") as store:
-        store.write("x", np.arange(-50, 50, dtype="<i8").reshape(25, 4))
-        store.write("y", np.ones((3, 3)))
-    start, _ = messages(path, "x")[DATATYPE]
-    # The datatype's size in bytes follows its class and bit field: 655362 bytes.
-    patch(path, start + 4, struct.pack("<I", 655_362))
+    path, start = int64_store(tmp_path)
+    patch(path, start + 4, struct.pack("<I", 655_362))  # a size of 655362 bytes
     with pytest.raises(shmstore.ShmStoreError, match="'x'"):
         shmstore.open(path)
 
@@ -112,10 +117,7 @@ def test_a_datatype_hdf5_refuses_to_open_is_a_shmstore_error_naming_the_dataset(
 def test_a_datatype_numpy_cannot_represent_is_a_shmstore_error_naming_the_dataset(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "s.h5"
-    with shmstore.open(path, "w") as store:
-        store.write("x", np.arange(-50, 50, dtype="<i8").reshape(25, 4))
-    start, _ = messages(path, "x")[DATATYPE]
+    path, start = int64_store(tmp_path)
     # A 3-byte integer of 24 bits: valid HDF5, but h5py has no numpy dtype for it.
     patch(path, start + 4, struct.pack("<I", 3))
     patch(path, start + 10, struct.pack("<H", 24))
