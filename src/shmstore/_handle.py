@@ -98,8 +98,11 @@ class Handle:
         return cache_for(self._cache_directory, self._cache_budget)
 
     def _part(self, start: int, stop: int) -> Handle:
-        """A handle of rows ``[start, stop)`` of the same version of the dataset (rows of ``self``'s
-        dataset, not relative to ``self``); the caller checks they are within the dataset."""
+        """A handle of rows ``[start, stop)`` of this handle's dataset, at the version it saw.
+
+        Rows count from the dataset's first row, not from this handle's; the
+        caller checks that they lie within the dataset.
+        """
         source = self._source.model_copy(update={"start": start, "stop": stop})
         return Handle(
             source=source,

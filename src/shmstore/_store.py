@@ -141,8 +141,8 @@ class Store:
     the exclusive side, so writers are serialised and readers never see a
     change half made.  Use it as a context manager, or call :meth:`close`.
 
-    Every method but :meth:`close` raises :class:`~shmstore.ArgumentError`
-    on a closed store ("open it again").
+    Reading, writing, listing and sharing through a closed store raise
+    :class:`~shmstore.ArgumentError` ("open it again").
     """
 
     def __init__(
