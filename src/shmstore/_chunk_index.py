@@ -52,6 +52,8 @@ def stored_chunks(dsid: h5py.h5d.DatasetID) -> list[Any]:
             dsid.chunk_iter(infos.append)
             return infos
         except (RuntimeError, NotImplementedError, AttributeError):
+            # h5py has chunk_iter but raises NotImplementedError when the HDF5
+            # it was built on is older than 1.14: use the fallback below.
             infos.clear()
     return [dsid.get_chunk_info(index) for index in range(dsid.get_num_chunks())]
 

@@ -206,6 +206,7 @@ class Preload(WorkerPlugin):
             )
         self.names = wanted
         self.cache = cache
+        self._handles: list[Handle] = []  # what setup pinned in this worker
         # Registering a plugin of the same name replaces it: one per file and slices.
         self.name = f"shmstore-preload-{tokenize(self.path, sorted(map(str, wanted.items())))}"
 
@@ -221,12 +222,12 @@ class Preload(WorkerPlugin):
 
     async def setup(self, worker: Worker) -> None:
         """Load and pin the slices, in a thread: a load of gigabytes must not stall the worker."""
-        self._handles: list[Handle] = []
+        self._handles = []
         await asyncio.get_running_loop().run_in_executor(None, self._preload)
 
     def teardown(self, worker: Worker) -> None:
         """Drop this plugin's pins (the slices stay cached, evictable once unmapped)."""
-        for handle in getattr(self, "_handles", ()):
+        for handle in self._handles:
             _unpin(handle)
 
 
