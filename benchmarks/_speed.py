@@ -184,7 +184,7 @@ def _by_hand(path: Path, name: str) -> float:
     """SharedArray.create of the slice's shape, then h5py read_direct into it."""
     shm_name = f"shmstore-bench-hand-{os.getpid()}"
     start = time.perf_counter()
-    with h5py.File(path, "r", locking=False) as f:
+    with h5py.File(path, "r") as f:
         dataset = f[name]
         target = SharedArray.create(f"shm://{shm_name}", dataset.shape, dtype=dataset.dtype)
         dataset.read_direct(target)
@@ -314,7 +314,7 @@ def cold_chunked(s: Settings, results: Results) -> None:
         try:
             with (
                 shmstore.open(path, cache=cache) as store,
-                h5py.File(path, "r", locking=False) as f,
+                h5py.File(path, "r") as f,
             ):
                 for name in ("gzip+shuffle", "zstd+shuffle"):
                     stored: list[int] = []

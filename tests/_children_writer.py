@@ -8,6 +8,9 @@ knows which rows must survive when it kills this process.  Row ``i`` holds
 With BATCH ``overwrite`` it rewrites NAME again and again instead, as
 ``generation(g)`` for g = 1, 2, ..., and writes and deletes a dataset
 "scratch", printing g after each round returned.
+
+With BATCH ``migrate`` it writes NAME once (``generation(1)``), which
+migrates a store of metadata format 1 first, and prints ``1``.
 """
 
 from __future__ import annotations
@@ -47,6 +50,12 @@ def main() -> None:
     path, name = sys.argv[1], sys.argv[2]
     if sys.argv[3] == "overwrite":
         overwrite(path, name)
+        return
+    if sys.argv[3] == "migrate":
+        with shmstore.open(path, "a") as store:
+            print("ready 0", flush=True)
+            store.write(name, generation(1))
+            print(1, flush=True)
         return
     batch = int(sys.argv[3])
     with shmstore.open(path, "a") as store:

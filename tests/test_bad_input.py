@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import shmstore
-from shmstore._manifest_io import BACKUP_ATTR, MANIFEST_ATTR
+from shmstore._metadata import RECORD_ATTR, RECORD_BACKUP_ATTR
 
 DATA = np.arange(30, dtype="<f8").reshape(10, 3)
 
@@ -109,58 +109,41 @@ def test_a_truncated_file_is_an_invalid_store_never_a_crash(
 
 def _set_attr(path: Path, attr: str, text: str) -> None:
     with h5py.File(path, "r+") as file:
-        file.attrs[attr] = np.bytes_(text.encode())
+        file["x"].attrs[attr] = np.bytes_(text.encode())
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("{not json", "not valid JSON"),
-        ('{"format": "shmstore-manifest", "format_version": 1, "revision": "many"}', "invalid"),
+        ('{"format": "shmstore-dataset", "format_version": 2, "version": "many"}', "invalid"),
         (
-            '{"format": "shmstore-manifest", "format_version": 1, "arrays": {}, "extra": 1}',
+            '{"format": "shmstore-dataset", "format_version": 2, "extra": 1}',
             "invalid",
         ),
-        ('{"format": "shmstore-manifest", "format_version": 99, "arrays": {}}', "upgrade shmstore"),
+        ('{"format": "shmstore-dataset", "format_version": 99}', "upgrade shmstore"),
         ('{"format": "something-else"}', "format"),
         ("[1, 2]", "not a JSON object"),
     ],
     ids=["garbage", "wrong-type", "extra-field", "future-version", "foreign-format", "not-object"],
 )
-def test_a_corrupt_manifest_is_a_manifest_error(path: Path, text: str, message: str) -> None:
-    _set_attr(path, MANIFEST_ATTR, text)
-    _set_attr(path, BACKUP_ATTR, text)
-    with pytest.raises(shmstore.ManifestError, match=message):
-        shmstore.open(path)
+def test_a_corrupt_record_is_a_manifest_error_naming_the_dataset(
+    path: Path, text: str, message: str
+) -> None:
+    _set_attr(path, RECORD_ATTR, text)
+    _set_attr(path, RECORD_BACKUP_ATTR, text)
+    with shmstore.open(path) as store:
+        with pytest.raises(shmstore.ManifestError, match=message) as caught:
+            store.read("x")
+        assert "'x'" in str(caught.value)
+        np.testing.assert_array_equal(store.read("grown"), DATA)
 
 
-def test_a_damaged_primary_manifest_falls_back_to_its_copy(path: Path) -> None:
-    _set_attr(path, MANIFEST_ATTR, "{torn")
+def test_a_damaged_primary_record_falls_back_to_its_copy(path: Path) -> None:
+    _set_attr(path, RECORD_ATTR, "{torn")
     with shmstore.open(path) as store:
         np.testing.assert_array_equal(store.read("x"), DATA)
-        assert not store.manifest.inferred
-
-
-def test_a_manifest_disagreeing_with_the_data_names_both_values(path: Path) -> None:
-    with h5py.File(path, "r+") as file:
-        del file["x"]
-        file.create_dataset("x", data=np.zeros((4, 3), dtype="<i4"))
-    with pytest.raises(
-        shmstore.ManifestError, match=r"'x' has dtype float64, the file holds int32"
-    ):
-        shmstore.open(path)
-    with h5py.File(path, "r+") as file:
-        del file["x"]
-        file.create_dataset("x", data=np.zeros((4, 3)))
-    with pytest.raises(shmstore.ManifestError, match=r"shape \(10, 3\), the file holds \(4, 3\)"):
-        shmstore.open(path)
-
-
-def test_a_manifest_listing_a_vanished_dataset_is_an_error(path: Path) -> None:
-    with h5py.File(path, "r+") as file:
-        del file["x"]
-    with pytest.raises(shmstore.ManifestError, match=r"'x'.*no such dataset"):
-        shmstore.open(path)
+        assert store.info("x").generation is not None
 
 
 def test_a_missing_raw_file_is_an_invalid_store_error(path: Path) -> None:
@@ -199,7 +182,7 @@ def test_every_error_has_two_parents_and_pickles(error: type[shmstore.ShmStoreEr
     assert str(again) == "what was asked, what was found, what to do"
 
 
-def test_the_manifest_is_json_other_tools_can_read(path: Path) -> None:
+def test_the_record_is_json_other_tools_can_read(path: Path) -> None:
     with h5py.File(path) as file:
-        manifest = json.loads(bytes(file.attrs[MANIFEST_ATTR]).decode())
-    assert manifest["arrays"]["x"]["shape"] == [10, 3]
+        record = json.loads(bytes(file["x"].attrs[RECORD_ATTR]).decode())
+    assert record["shape"] == [10, 3]

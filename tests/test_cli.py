@@ -46,15 +46,15 @@ def test_info_json_matches_the_api(store_file: Path) -> None:
     document = run_json("info", str(store_file))
     with shmstore.open(store_file) as store:
         expected = [store.info(n).model_dump(mode="json") for n in store.names()]
-        revision = store.manifest.revision
     assert [{k: v for k, v in d.items() if k != "nbytes"} for d in document["datasets"]] == expected
-    assert document["manifest"] == {"revision": revision, "inferred": False}
+    assert document["manifest"] == {"inferred": False}
+    assert document["format_version"] == 2
     assert document["datasets"][0]["nbytes"] == 200 * 3 * 4
 
 
 def test_info_shows_a_table_of_the_datasets(store_file: Path) -> None:
     out = run("info", str(store_file)).stdout
-    assert "manifest stored" in out
+    assert "metadata format 2 (a record per dataset)" in out
     for figure in ("activations", "200x3", "<f4", "chunked", "gzip", "run/spikes", "appendable"):
         assert figure in out
 
@@ -92,14 +92,39 @@ def test_validate_passes_a_good_store(store_file: Path) -> None:
     }
 
 
-def test_validate_reports_a_damaged_manifest_copy_and_exits_1(store_file: Path) -> None:
+def test_validate_reports_a_damaged_record_copy_and_exits_1(store_file: Path) -> None:
     with h5py.File(store_file, "r+") as f:
-        f.attrs["shmstore_manifest_backup"] = np.bytes_(b'{"format": "shmstore-manifest", "x": 1}')
+        f["lookup"].attrs["shmstore_record_backup"] = np.bytes_(b'{"format": "x", "x": 1}')
     done = run("validate", str(store_file), "--json")
     assert done.returncode == 1
     report = json.loads(done.stdout)
     assert not report["valid"]
-    assert any("shmstore_manifest_backup" in p for p in report["problems"])
+    assert any("'lookup'" in p and "shmstore_record_backup" in p for p in report["problems"])
+
+
+def test_validate_reports_a_damaged_record_as_a_refused_dataset(store_file: Path) -> None:
+    with h5py.File(store_file, "r+") as f:
+        for attr in ("shmstore_record", "shmstore_record_backup"):
+            f["lookup"].attrs[attr] = np.bytes_(b"{torn")
+    report = json.loads(run("validate", str(store_file), "--json").stdout)
+    assert not report["valid"]
+    assert any(p.startswith("lookup: ") and "not valid JSON" in p for p in report["problems"])
+    info = run_json("info", str(store_file))
+    assert [d["name"] for d in info["datasets"]] == ["activations", "run/spikes"]
+    assert [r["name"] for r in info["refused"]] == ["lookup"]
+
+
+def test_info_of_many_datasets_shows_the_first_and_says_how_many_more(tmp_path: Path) -> None:
+    path = tmp_path / "many.h5"
+    with shmstore.open(path, "w") as store:
+        for i in range(120):
+            store.write(f"d{i:03d}", np.arange(3))
+    out = run("info", str(path)).stdout
+    assert "d049" in out
+    assert "d050" not in out
+    assert "... and 70 more datasets" in out
+    assert "d119" in run("info", str(path), "--all").stdout
+    assert len(run_json("info", str(path))["datasets"]) == 120
 
 
 def test_validate_reports_a_truncated_raw_file_and_exits_1(store_file: Path) -> None:

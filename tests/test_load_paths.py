@@ -37,7 +37,7 @@ def _shared_equals_h5py(path: Path, name: str, cache: shmstore.Cache, rows: Any 
 
 
 def _takes_the_decoding_path(path: Path, name: str) -> bool:
-    with shmstore.open(path) as store, h5py.File(path, "r", locking=False) as f:
+    with shmstore.open(path) as store, h5py.File(path, "r") as f:
         info = store.info(name)
         return chunk_filler(f[name], info, 0, path, name) is not None
 

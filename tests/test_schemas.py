@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import shmstore
-from shmstore._manifest_io import MANIFEST_ATTR
+from shmstore._metadata import RECORD_ATTR, STORE_ATTR
 from shmstore._schemas import MODELS, generator, main, render
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
@@ -34,35 +34,56 @@ def test_schema_check_command_fails_on_drift(tmp_path: Path) -> None:
     assert main(["--out", str(tmp_path), "--check"]) == 1
 
 
-def _stored_manifest(path: Path) -> dict[str, object]:
+def _stored_record(path: Path, name: str) -> dict[str, object]:
     with h5py.File(path, "r") as file:
-        return json.loads(bytes(file.attrs[MANIFEST_ATTR]).decode())  # type: ignore[no-any-return]
+        return json.loads(bytes(file[name].attrs[RECORD_ATTR]).decode())  # type: ignore[no-any-return]
 
 
-def test_a_stored_manifest_is_valid_against_the_schema(tmp_path: Path) -> None:
+def _schema(filename: str) -> dict[str, object]:
+    return json.loads((SCHEMAS / filename).read_text())  # type: ignore[no-any-return]
+
+
+def test_stored_records_are_valid_against_the_schema(tmp_path: Path) -> None:
     path = tmp_path / "s.h5"
     compound = np.zeros(3, dtype=[("t", ">f8"), ("xyz", "<i2", (3,)), ("tag", "S4")])
     with shmstore.open(path, "w") as store:
         store.write("a/b", np.arange(12.0).reshape(4, 3))
         store.write("c", compound, compression="gzip")
         store.append("d", np.arange(8, dtype=">i4").reshape(4, 2))
-    schema = json.loads((SCHEMAS / "manifest.schema.json").read_text())
-    jsonschema.validate(_stored_manifest(path), schema)
+    for name in ("a/b", "c", "d"):
+        jsonschema.validate(_stored_record(path, name), _schema("record.schema.json"))
+    with h5py.File(path, "r") as file:
+        store_record = json.loads(bytes(file.attrs[STORE_ATTR]).decode())
+    jsonschema.validate(store_record, _schema("store.schema.json"))
+
+
+def test_a_built_manifest_is_valid_against_the_schema(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    with shmstore.open(path, "w") as store:
+        store.write("a/b", np.arange(12.0).reshape(4, 3))
+        store.append("d", np.arange(8, dtype=">i4").reshape(4, 2))
+        document = json.loads(store.manifest.model_dump_json())
+    jsonschema.validate(document, _schema("manifest.schema.json"))
 
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("revision", -1), ("format", "other"), ("arrays", [])],
-    ids=["negative-revision", "foreign-format", "arrays-not-an-object"],
+    [
+        ("version", -1),
+        ("format", "other"),
+        ("format_version", 3),
+        ("generation", "XYZ"),
+        ("shape", {}),
+    ],
+    ids=["negative-version", "foreign-format", "newer-format", "generation-not-hex", "shape"],
 )
-def test_the_schema_rejects_a_damaged_manifest(tmp_path: Path, field: str, value: object) -> None:
+def test_the_schema_rejects_a_damaged_record(tmp_path: Path, field: str, value: object) -> None:
     path = tmp_path / "s.h5"
     with shmstore.open(path, "w") as store:
         store.write("x", np.arange(4))
-    document = {**_stored_manifest(path), field: value}
-    schema = json.loads((SCHEMAS / "manifest.schema.json").read_text())
+    document = {**_stored_record(path, "x"), field: value}
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(document, schema)
+        jsonschema.validate(document, _schema("record.schema.json"))
 
 
 def test_a_segment_header_is_valid_against_its_schema(tmp_path: Path) -> None:

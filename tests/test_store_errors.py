@@ -19,7 +19,7 @@ import pytest
 
 import shmstore
 from shmstore import errors
-from shmstore._manifest_io import BACKUP_ATTR, MANIFEST_ATTR
+from shmstore._metadata import RECORD_ATTR, RECORD_BACKUP_ATTR
 
 DATA = np.arange(30, dtype="<f8").reshape(10, 3)
 COMPOUND = np.zeros(4, dtype=[("a", ">i4"), ("b", "S3")])
@@ -263,26 +263,38 @@ def test_an_append_to_a_short_raw_file_is_refused(path: Path) -> None:
     assert raw.stat().st_size == DATA.nbytes // 2
 
 
-# -- manifests ------------------------------------------------------------------------------
+# -- records ----------------------------------------------------------------------------------
 
 
-def _set_attr(path: Path, attr: str, value: object) -> None:
+def _set_attr(path: Path, attr: str, value: object, dataset: str = "x") -> None:
     with h5py.File(path, "r+") as file:
-        if attr in file.attrs:
-            del file.attrs[attr]
+        attrs = file[dataset].attrs
+        if attr in attrs:
+            del attrs[attr]
         if value is not None:
-            file.attrs[attr] = value
+            attrs[attr] = value
 
 
-def _good_manifest(path: Path) -> dict[str, object]:
+def _good_record(path: Path, dataset: str = "x") -> dict[str, object]:
     with h5py.File(path) as file:
-        return json.loads(bytes(file.attrs[MANIFEST_ATTR]).decode())  # type: ignore[no-any-return]
+        return json.loads(bytes(file[dataset].attrs[RECORD_ATTR]).decode())  # type: ignore[no-any-return]
 
 
 def _with_entry(path: Path, **changes: object) -> str:
-    manifest = _good_manifest(path)
-    entry = {**manifest["arrays"]["x"], **changes}  # type: ignore[index]
-    return json.dumps({**manifest, "arrays": {**manifest["arrays"], "x": entry}})  # type: ignore[dict-item]
+    return json.dumps({**_good_record(path), **changes})
+
+
+def _replace_keeping_record(path: Path, name: str, data: np.ndarray, **options: object) -> None:
+    """Replace dataset *name* behind shmstore's back, its record left as it was.
+
+    As a damaged object header would: the record says one thing, the header another.
+    """
+    with h5py.File(path, "r+") as file:
+        kept = {attr: file[name].attrs[attr] for attr in (RECORD_ATTR, RECORD_BACKUP_ATTR)}
+        del file[name]
+        file.create_dataset(name, data=data, **options)
+        for attr, value in kept.items():
+            file[name].attrs[attr] = value
 
 
 CORRUPT: dict[str, tuple[Callable[[Path], object], str]] = {
@@ -294,15 +306,23 @@ CORRUPT: dict[str, tuple[Callable[[Path], object], str]] = {
     "an-array-of-text": (lambda p: np.array([b"{}", b"{}"]), "not JSON text"),
     "foreign-format": (lambda p: np.bytes_(b'{"format": "something-else"}'), "format"),
     "future-version": (
-        lambda p: np.bytes_(json.dumps({**_good_manifest(p), "format_version": 2}).encode()),
-        "format version 2, written by a newer shmstore.*upgrade shmstore",
+        lambda p: np.bytes_(json.dumps({**_good_record(p), "format_version": 3}).encode()),
+        "format version 3, written by a newer shmstore.*upgrade shmstore",
     ),
-    "revision-of-wrong-type": (
-        lambda p: np.bytes_(json.dumps({**_good_manifest(p), "revision": "many"}).encode()),
+    "version-of-wrong-type": (
+        lambda p: np.bytes_(json.dumps({**_good_record(p), "version": "many"}).encode()),
         "invalid",
     ),
     "unknown-field": (
-        lambda p: np.bytes_(json.dumps({**_good_manifest(p), "extra": 1}).encode()),
+        lambda p: np.bytes_(json.dumps({**_good_record(p), "extra": 1}).encode()),
+        "invalid",
+    ),
+    "generation-not-hex": (
+        lambda p: np.bytes_(_with_entry(p, generation="not-hex!").encode()),
+        "invalid",
+    ),
+    "no-generation": (
+        lambda p: np.bytes_(_with_entry(p, generation=None).encode()),
         "invalid",
     ),
     "shape-of-wrong-type": (lambda p: np.bytes_(_with_entry(p, shape="10x3").encode()), "invalid"),
@@ -319,112 +339,112 @@ CORRUPT: dict[str, tuple[Callable[[Path], object], str]] = {
         ),
         "dtype",
     ),
-    "key-not-name": (
-        lambda p: np.bytes_(_with_entry(p, name="y").encode()),
-        "key 'x' holds the entry of 'y'",
-    ),
 }
 
 
 @pytest.mark.parametrize("mode", ["r", "a"])
 @pytest.mark.parametrize("damage", sorted(CORRUPT))
-def test_a_corrupt_manifest_and_copy_are_a_manifest_error(
+def test_a_corrupt_record_and_copy_refuse_that_dataset_only(
     path: Path, damage: str, mode: str
 ) -> None:
     make, message = CORRUPT[damage]
     value = make(path)
-    _set_attr(path, MANIFEST_ATTR, value)
-    _set_attr(path, BACKUP_ATTR, value)
-    with pytest.raises(shmstore.ManifestError, match=message) as caught:
-        shmstore.open(path, mode)
-    assert isinstance(caught.value, ValueError)
+    _set_attr(path, RECORD_ATTR, value)
+    _set_attr(path, RECORD_BACKUP_ATTR, value)
+    with shmstore.open(path, mode) as store:
+        for access in (store.info, store.read):
+            with pytest.raises(shmstore.ManifestError, match=message) as caught:
+                access("x")
+            assert isinstance(caught.value, ValueError)
+            assert "'x'" in str(caught.value)
+        np.testing.assert_array_equal(store.read("grown"), DATA)  # the others are served
+        np.testing.assert_array_equal(store.read("grp/packed"), COMPOUND)
+        assert store.names() == ["grown", "grp/packed", "x"]
 
 
 @pytest.mark.parametrize("damage", sorted(CORRUPT))
-def test_a_damaged_primary_manifest_falls_back_to_its_copy(path: Path, damage: str) -> None:
-    _set_attr(path, MANIFEST_ATTR, CORRUPT[damage][0](path))
+def test_a_damaged_primary_record_falls_back_to_its_copy(path: Path, damage: str) -> None:
+    version = shmstore.open(path).info("x").version
+    _set_attr(path, RECORD_ATTR, CORRUPT[damage][0](path))
     with shmstore.open(path) as store:
-        assert not store.manifest.inferred
-        assert store.manifest.revision == 3
+        assert store.info("x").version == version
+        assert store.info("x").generation is not None
     assert_intact(path)
 
 
-def test_a_missing_primary_manifest_falls_back_to_its_copy(path: Path) -> None:
-    _set_attr(path, MANIFEST_ATTR, None)
+def test_a_missing_primary_record_falls_back_to_its_copy(path: Path) -> None:
+    version = shmstore.open(path).info("grown").version
+    _set_attr(path, RECORD_ATTR, None, dataset="grown")
     with shmstore.open(path) as store:
-        assert not store.manifest.inferred
-        assert store.info("grown").version == 2
+        assert store.info("grown").version == version
+        assert store.info("grown").generation is not None
     assert_intact(path)
 
 
 def test_a_damaged_copy_does_not_matter_while_the_primary_is_whole(path: Path) -> None:
-    _set_attr(path, BACKUP_ATTR, np.bytes_(b"{torn"))
+    _set_attr(path, RECORD_BACKUP_ATTR, np.bytes_(b"{torn"))
     assert_intact(path)
 
 
-def test_a_write_after_falling_back_makes_both_copies_whole(path: Path) -> None:
-    _set_attr(path, MANIFEST_ATTR, np.bytes_(b"{torn"))
+def test_an_append_after_falling_back_makes_both_copies_whole(path: Path) -> None:
+    _set_attr(path, RECORD_ATTR, np.bytes_(b"{torn"), dataset="grown")
     with shmstore.open(path, "a") as store:
-        store.write("y", DATA)
-    _set_attr(path, BACKUP_ATTR, np.bytes_(b"{torn"))
+        store.append("grown", DATA)
+    _set_attr(path, RECORD_BACKUP_ATTR, np.bytes_(b"{torn"), dataset="grown")
     with shmstore.open(path) as store:
-        assert store.names() == ["grown", "grp/packed", "x", "y"]
+        assert store.info("grown").rows == 20
+        np.testing.assert_array_equal(store.read("grown"), np.concatenate([DATA, DATA]))
 
 
-def test_a_manifest_naming_another_dtype_names_the_dataset_and_both(path: Path) -> None:
-    with h5py.File(path, "r+") as file:
-        del file["x"]
-        file.create_dataset("x", data=DATA.astype("<i4"))
-    with pytest.raises(
-        shmstore.ManifestError, match=r"'x' has dtype float64, the file holds int32"
+def test_a_record_naming_another_dtype_names_the_dataset_and_both(path: Path) -> None:
+    _replace_keeping_record(path, "x", DATA.astype("<i4"))
+    with (
+        shmstore.open(path) as store,
+        pytest.raises(shmstore.ManifestError, match=r"'x' has dtype float64, the file holds int32"),
     ):
-        shmstore.open(path)
+        store.info("x")
 
 
-def test_a_manifest_naming_another_byte_order_is_an_error(path: Path) -> None:
-    with h5py.File(path, "r+") as file:
-        del file["x"]
-        file.create_dataset("x", data=DATA.astype(">f8"))
-    with pytest.raises(shmstore.ManifestError, match=r"'x' has dtype float64.*>f8"):
-        shmstore.open(path)
+def test_a_record_naming_another_byte_order_is_an_error(path: Path) -> None:
+    _replace_keeping_record(path, "x", DATA.astype(">f8"))
+    with (
+        shmstore.open(path) as store,
+        pytest.raises(shmstore.ManifestError, match=r"'x' has dtype float64.*>f8"),
+    ):
+        store.read("x")
 
 
 @pytest.mark.parametrize("name", ["x", "grown"])
 @pytest.mark.parametrize("shape", [(4, 3), (10, 2), (10, 3, 1), (30,)], ids=str)
-def test_a_manifest_naming_another_shape_names_the_dataset_and_both(
+def test_a_record_naming_another_shape_names_the_dataset_and_both(
     path: Path, name: str, shape: tuple[int, ...]
 ) -> None:
-    with h5py.File(path, "r+") as file:
-        del file[name]
-        file.create_dataset(name, data=np.zeros(shape), maxshape=(None, *shape[1:]))
-    with pytest.raises(
-        shmstore.ManifestError,
-        match=rf"{name!r} has shape \(10, 3\), the file holds {re.escape(str(shape))}",
+    _replace_keeping_record(path, name, np.zeros(shape), maxshape=(None, *shape[1:]))
+    with shmstore.open(path) as store:
+        with pytest.raises(
+            shmstore.ManifestError,
+            match=rf"{name!r} has shape \(10, 3\), the file holds {re.escape(str(shape))}",
+        ):
+            store.info(name)
+        np.testing.assert_array_equal(store.read("grp/packed"), COMPOUND)
+
+
+def test_a_record_of_a_dataset_now_unsupported_is_an_error(path: Path) -> None:
+    _replace_keeping_record(
+        path, "x", np.array(["a", "b"], dtype=object), dtype=h5py.string_dtype()
+    )
+    with (
+        shmstore.open(path) as store,
+        pytest.raises(shmstore.ManifestError, match=r"'x'.*variable-length strings"),
     ):
-        shmstore.open(path)
+        store.info("x")
 
 
-def test_a_manifest_listing_a_vanished_dataset_is_an_error(path: Path) -> None:
-    with h5py.File(path, "r+") as file:
-        del file["grp/packed"]
-    for mode in ("r", "a"):
-        with pytest.raises(shmstore.ManifestError, match=r"'grp/packed'.*no such dataset"):
-            shmstore.open(path, mode)
-
-
-def test_a_manifest_listing_a_dataset_now_unsupported_is_an_error(path: Path) -> None:
-    with h5py.File(path, "r+") as file:
-        del file["x"]
-        file.create_dataset("x", data=["a", "b"], dtype=h5py.string_dtype())
-    with pytest.raises(shmstore.ManifestError, match=r"'x'.*variable-length strings"):
-        shmstore.open(path)
-
-
-def test_the_manifest_is_json_other_tools_can_read(path: Path) -> None:
-    manifest = _good_manifest(path)
-    assert manifest["format"] == "shmstore-manifest"
-    assert manifest["arrays"]["x"]["shape"] == [10, 3]  # type: ignore[index]
-    assert manifest["arrays"]["grp/packed"]["dtype"]["names"] == ["a", "b"]  # type: ignore[index]
+def test_the_record_is_json_other_tools_can_read(path: Path) -> None:
+    record = _good_record(path)
+    assert record["format"] == "shmstore-dataset"
+    assert record["shape"] == [10, 3]
+    assert _good_record(path, "grp/packed")["dtype"]["names"] == ["a", "b"]  # type: ignore[index]
 
 
 # -- the error classes ----------------------------------------------------------------------
@@ -523,23 +543,13 @@ def test_a_file_in_the_way_of_the_raw_directory_is_a_clear_error(path: Path) -> 
         np.testing.assert_array_equal(store.read("x"), DATA)
 
 
-def test_a_manifest_too_large_for_its_attribute_is_refused_and_nothing_is_lost(
-    path: Path,
-) -> None:
-    long = "n" * 200  # long names fill the manifest in fewer writes
-
-    def fill(store: shmstore.Store) -> None:
-        for i in range(1_000):
-            store.write(f"{long}{i}", DATA[:1])
-
+def test_long_names_fill_no_shared_attribute(path: Path) -> None:
+    """Format 1 refused a store whose manifest outgrew one attribute; records never do."""
+    long = "n" * 200
     with shmstore.open(path, "a") as store:
-        with pytest.raises(shmstore.ManifestError, match="split the data") as caught:
-            fill(store)
-        written = len(store)
-        before = store.manifest
-    needs, limit = map(int, re.findall(r"(\d+) bytes", str(caught.value)))
-    assert needs > limit
+        for i in range(400):
+            store.write(f"{long}{i}", DATA[i % 10 : i % 10 + 1])
     with shmstore.open(path) as store:
-        assert len(store) == written
-        assert store.manifest == before
+        assert len(store) == 403
+        np.testing.assert_array_equal(store.read(f"{long}399"), DATA[9:10])
         np.testing.assert_array_equal(store.read("x"), DATA)

@@ -86,7 +86,7 @@ def foreign(tmp_path: Path) -> Path:
 def test_a_file_without_manifest_opens_with_an_inferred_one(foreign: Path) -> None:
     with shmstore.open(foreign) as store:
         assert store.manifest.inferred is True
-        assert store.manifest.revision == 0
+        assert store.format_version == 0
         assert set(store.manifest.arrays) == {*SERVED, "scalar", "unwritten"}
 
 
@@ -282,7 +282,7 @@ def test_a_dataset_held_open_by_h5py_in_this_process_still_opens_and_reads(
     with shmstore.open(path, "w") as store:
         store.append("x", values)
     monkeypatch.chdir(tmp_path.parent)  # h5py's own prefix (the cwd) does not find the raw file
-    with h5py.File(path, "r", locking=False) as f:
+    with h5py.File(path, "r") as f:
         held = f["x"]
         with shmstore.open(path) as store:
             # HDF5 reads with the prefix h5py opened the dataset with, here the cwd.
@@ -308,7 +308,7 @@ def test_a_store_opens_while_another_thread_holds_one_of_its_datasets_open(
     with shmstore.open(path, "w") as store:
         store.write("grp/x", np.arange(12.0).reshape(4, 3))
         store.write("y", np.ones((2, 2)), chunks=(1, 2))
-    with h5py.File(path, "r", locking=False) as f:
+    with h5py.File(path, "r") as f:
         loading = _hdf5.open_dataset(f, "grp/x")  # as a load in progress has it
         with shmstore.open(path) as again:
             assert again.names() == ["grp/x", "y"]

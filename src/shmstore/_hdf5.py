@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +90,108 @@ def walk_datasets(file: h5py.File, skip: str) -> list[str]:
 
 
 def is_dataset(file: h5py.File, name: str) -> bool:
-    """True when *name* is a dataset of *file* (its object header is read, it is not opened)."""
-    return file.get(name, getclass=True) is h5py.Dataset
+    """True when *name* is a dataset of *file* (its object header is read, it is not opened).
+
+    *name* is a relative path (``"grp/ds"``); an absolute or unnormalised
+    one (``"/ds"``, ``"a//b"``, ``"a/./b"``) names no dataset of a store.
+    """
+    if not name or name.startswith("/") or any(p in ("", ".", "..") for p in name.split("/")):
+        return False
+    try:
+        return file.get(name, getclass=True) is h5py.Dataset
+    except (KeyError, ValueError, RuntimeError, OSError):  # a damaged group on the way
+        return False
+
+
+def first_datasets(file: h5py.File, skip: str, limit: int) -> list[str]:
+    """Up to *limit* dataset paths of *file* in visiting order (for messages: cheap)."""
+    found: list[str] = []
+
+    def visit(name: str) -> bool | None:
+        if is_dataset(file, name) and not (name == skip or name.startswith(skip + "/")):
+            found.append(name)
+        return True if len(found) >= limit else None
+
+    file.visit(visit)
+    return found
+
+
+_NO_FLOCK = re.compile(r"errno = (38|95)\b")  # ENOSYS, EOPNOTSUPP
+
+
+def open_file(path: Path, mode: str) -> h5py.File:
+    """Open the HDF5 file *path* with the file locking h5py uses by default.
+
+    With the same locking flags, HDF5 lets an ``h5py.File(path)`` of this
+    process and a store share the open file, in either order.  A file this
+    process opened with other flags (``locking=False``, ``True``) is opened
+    with those; a file system without locks is opened without them.
+
+    :raises OSError: as h5py raises it (see :func:`open_problem`).
+    """
+    first: OSError | None = None
+    for locking in (None, False, True, "best-effort"):
+        try:
+            return h5py.File(path, mode, locking=locking)
+        except OSError as err:
+            text = str(err)
+            if locking is None and "unable to lock file" in text and _NO_FLOCK.search(text):
+                return h5py.File(path, mode, locking=False)  # no flock on this file system
+            if "flag values don't match" not in text:
+                raise
+            first = first or err  # opened in this process with other flags: try those
+    assert first is not None
+    raise first
+
+
+def open_problem(err: OSError, path: Path) -> tuple[str, bool] | None:
+    """What an h5py open of *path* that failed with *err* ran into, if another open caused it.
+
+    :returns: the explanation and whether another process holds the file
+        (``False``: this process does); ``None`` when *err* is another failure.
+    """
+    text = str(err)
+    if "already open for read-only" in text:
+        why = (
+            f"this process holds {path} open read-only elsewhere (an h5py.File(..., 'r') or a "
+            "store opened with mode 'r'), and HDF5 cannot open one file for writing and for "
+            "reading at once: close that first, or open the store with mode 'r'"
+        )
+        return why, False
+    if "unable to lock file" in text:
+        why = (
+            f"another process holds {path} open through HDF5 (h5py or another tool) and HDF5's "
+            "file lock keeps this open out: close it there first, or set "
+            "HDF5_USE_FILE_LOCKING=FALSE in both programs (shmstore's own lock still "
+            "serialises shmstore's writers)"
+        )
+        return why, True
+    return None
+
+
+def other_opens(file: h5py.File) -> int:
+    """How many other HDF5 file handles of this process refer to *file*'s file.
+
+    An ``h5py.File`` of the same path, opened by the user beside a store,
+    shares HDF5's open file with the store's; shmstore must not write behind
+    its back (see ``Store._begin_change``).
+    """
+    ours = file.id.id
+    try:
+        mine = os.stat(file.filename)
+    except OSError:
+        return 0
+    count = 0
+    for fid in h5f.get_obj_ids(h5f.OBJ_ALL, h5f.OBJ_FILE):
+        if fid.id == ours:
+            continue
+        try:
+            st = os.stat(os.fsdecode(fid.name))
+        except (OSError, ValueError, TypeError):
+            continue
+        if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+            count += 1
+    return count
 
 
 def _layout(dcpl: Any) -> Layout:

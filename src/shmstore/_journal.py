@@ -17,8 +17,10 @@ declares *expendable* (the data of datasets already moved to the trash) are
 not saved either.
 
 The journal is written before the file in program order; both go to the page
-cache, so this holds against ``kill -9`` (not against a power cut: nothing
-here calls ``fsync``).
+cache, so this holds against ``kill -9``.  A store opened ``durable=True``
+flushes the file to disk before the journal is dropped, so a change that
+returned survives a power cut; one cut short by a power cut is not
+guaranteed to roll back (the journal is not flushed record by record).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import struct
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ._durable import fsync_dir
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
@@ -110,11 +114,20 @@ class JournalingFile(io.RawIOBase):
             os.write(self._jfd, _RECORD.pack(lo, len(old)) + old)
         self._skip = _merge([*self._skip, (start, stop)])
 
-    def commit(self) -> None:
-        """The change is complete and closed: drop the journal."""
+    def commit(self, *, durable: bool = False) -> None:
+        """The change is complete and closed: drop the journal.
+
+        :param durable: first flush the file to disk, and after the unlink
+            its directory: the journal may only vanish once the change it
+            guards is on disk.
+        """
+        if durable:
+            os.fsync(self._fd)
         os.close(self._jfd)
         self._jfd = -1
         os.unlink(self._journal_path)
+        if durable:
+            fsync_dir(self._journal_path.parent)
 
     # -- io.RawIOBase --------------------------------------------------------
 

@@ -70,13 +70,20 @@ def remove_orphans(store: Path, referenced: set[Path] | None) -> None:
             _unlink(raw)
 
 
-def write_raw(path: Path, offset: int, data: np.ndarray[Any, Any]) -> None:
-    """Write the bytes of the C-contiguous *data* into *path* at byte *offset*."""
+def write_raw(
+    path: Path, offset: int, data: np.ndarray[Any, Any], *, durable: bool = False
+) -> None:
+    """Write the bytes of the C-contiguous *data* into *path* at byte *offset*.
+
+    :param durable: flush the file to disk before returning.
+    """
     view = memoryview(data.reshape(-1).view(np.uint8).data) if data.size else memoryview(b"")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         written = 0
         while written < len(view):
             written += os.pwrite(fd, view[written : written + (1 << 30)], offset + written)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)

@@ -16,7 +16,7 @@ import pydantic
 from pydantic import BaseModel
 
 from ._segment import SegmentHeader
-from .manifest import Manifest
+from .manifest import DatasetRecord, Manifest, StoreRecord
 from .shared_numpy_store import LoaderDescription
 
 __all__ = ["MODELS", "generator", "main", "render"]
@@ -24,7 +24,9 @@ __all__ = ["MODELS", "generator", "main", "render"]
 MODELS: dict[str, type[BaseModel]] = {
     "loader.schema.json": LoaderDescription,
     "manifest.schema.json": Manifest,
+    "record.schema.json": DatasetRecord,
     "segment.schema.json": SegmentHeader,
+    "store.schema.json": StoreRecord,
 }
 """Each schema file and the model it is generated from."""
 

@@ -6,13 +6,15 @@ Crash behaviour (DESIGN.md invariant 8) rests on four choices made here:
   later formats mark the superblock "open for writing" and refuse to open a
   file whose writer was killed, until ``h5clear`` is run on it.
 * An append writes the rows into the raw file first, then grows the dataset's
-  extent and flushes (one in-place object-header write), then writes the
-  manifest.  A writer killed between the two leaves a dataset longer than its
-  manifest entry: that is recognised on open as an append that never
-  returned, and its complete rows are kept.  An append to a chunked
-  dataset grows its chunk index, which is no more crash-safe than ``write``:
-  it runs under the undo journal (below).
-* The manifest is written whole, twice (see ``_manifest_io``).
+  extent and flushes (one in-place object-header write), then rewrites the
+  dataset's record.  A writer killed between the two leaves a dataset longer
+  than its record: that is recognised when the dataset is used as an append
+  that never returned, and its complete rows are kept.  An append to a
+  chunked dataset grows its chunk index, which is no more crash-safe than
+  ``write``: it runs under the undo journal (below).
+* Each dataset's record is written whole, twice (see ``_metadata``); a
+  store of metadata format 1 is migrated under the journal at its first
+  change.
 * ``write`` and ``delete`` create and unlink HDF5 objects, whose metadata
   flush is not crash-safe in any order; they run under an undo journal
   (``_journal``) and are rolled back whole if their writer dies.  Replaced
@@ -22,6 +24,7 @@ Crash behaviour (DESIGN.md invariant 8) rests on four choices made here:
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -37,12 +40,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import h5py
 import numpy as np
 
-from . import _hdf5, _raw
+from . import _hdf5, _metadata, _raw
 from ._dtype import check_supported
+from ._durable import durable_from_env, fsync_dir, fsync_file
+from ._format1 import BACKUP_ATTR, MANIFEST_ATTR, copy_problems, read_manifest
 from ._journal import JournalingFile, journal_path, rollback
-from ._manifest_io import read_manifest, write_manifest
 from ._memmap import check_external, map_rows, source_block
-from ._reconcile import needs_repair, reconcile
+from ._reconcile import check_record
 from ._rows import resolve_rows
 from ._store_lock import StoreLock
 from .errors import (
@@ -50,13 +54,14 @@ from .errors import (
     ArrayNotFoundError,
     InvalidStoreError,
     LayoutError,
+    LockTimeoutError,
     ManifestError,
     ReadOnlyError,
     RowsError,
     StoreNotFoundError,
     UnsupportedDtypeError,
 )
-from .manifest import ArrayInfo, Manifest
+from .manifest import FORMAT_VERSION, ArrayInfo, Manifest
 
 if TYPE_CHECKING:
     from ._cache import Cache
@@ -73,6 +78,14 @@ ViewMode = Literal["shared", "memmap", "memory", "auto"]
 _VIEW_MODES = ("shared", "memmap", "memory", "auto")
 _TMP_GROUP = ".shmstore_tmp"
 _NAME_PART = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+_RECORD_FIELDS = tuple(field for field in ArrayInfo.model_fields if field != "name")
+
+
+def _in_tmp(name: str) -> bool:
+    """True for shmstore's own scratch group and what lies in it."""
+    return name.split("/", 1)[0] == _TMP_GROUP
 
 
 def _check_name(name: object) -> str:
@@ -152,6 +165,7 @@ class Store:
         *,
         cache: Cache | None = None,
         lock_timeout: float = 30.0,
+        durable: bool | None = None,
     ) -> None:
         self._cache = cache
         self._cache_given = cache is not None
@@ -165,6 +179,8 @@ class Store:
         """The mode it was opened with: ``"r"``, ``"r+"``, ``"a"``, ``"w"``, ``"w-"`` or ``"x"``."""
         self.writable = mode != "r"
         """False in mode ``"r"``."""
+        self.durable = durable_from_env() if durable is None else bool(durable)
+        """True when changes are flushed to disk before they return (``durable=True``)."""
         self._closed = True
         exists = self.path.exists()
         if mode in ("r", "r+") and not exists:
@@ -183,6 +199,8 @@ class Store:
         self._lock = StoreLock(self.path, write=self.writable, timeout=lock_timeout)
         # The finaliser closes whichever h5py.File is current: a change swaps it.
         self._handle: dict[str, h5py.File] = {}
+        self._rolled_back = False
+        self._journaled = False
         try:
             if exists:
                 self._recover(lock_timeout)
@@ -192,6 +210,8 @@ class Store:
             raise
         self._finalizer = weakref.finalize(self, Store._release, self._handle, self._lock)
         self._closed = False
+        if not exists and self.durable:
+            fsync_dir(self.path.parent)
         try:
             self._load()
         except BaseException:
@@ -202,7 +222,12 @@ class Store:
 
     @property
     def _file(self) -> h5py.File:
-        return self._handle["file"]
+        file = self._handle.get("file")
+        if file is None:
+            # After a change the file is opened again only when it is used:
+            # a store opened to make one change and closed never reopens it.
+            file = self._handle["file"] = self._reopen_after_change()
+        return file
 
     def _recover(self, lock_timeout: float) -> None:
         """Roll back a change whose writer died (its journal is still there)."""
@@ -222,6 +247,7 @@ class Store:
                 ) from err
         try:
             if rollback(self.path):
+                self._rolled_back = True
                 _log.warning("%s: rolled back a write or delete whose writer died", self.path)
         except OSError as err:
             raise InvalidStoreError(
@@ -233,12 +259,31 @@ class Store:
                 self._lock.release()
                 self._lock = StoreLock(self.path, write=False, timeout=lock_timeout)
 
-    def _open_file(self, exists: bool) -> h5py.File:
-        if exists and not h5py.is_hdf5(self.path) and self.mode != "w":
+    def _h5open(self, h5mode: str) -> h5py.File:
+        """h5py's open of :attr:`path`, its failures translated (``_hdf5.open_file``).
+
+        :raises ReadOnlyError: this user may not write the file, or this
+            process holds it open read-only elsewhere.
+        :raises LockTimeoutError: another process holds it open through HDF5.
+        :raises InvalidStoreError: it cannot be opened as HDF5.
+        """
+        try:
+            return _hdf5.open_file(self.path, h5mode)
+        except PermissionError as err:
+            raise ReadOnlyError(
+                f"cannot open {self.path} in mode {self.mode!r}: {err.strerror or err}; "
+                "open it with mode 'r' to read it"
+            ) from err
+        except OSError as err:
+            problem = _hdf5.open_problem(err, self.path)
+            if problem is not None:
+                why, elsewhere = problem
+                raise (LockTimeoutError if elsewhere else ReadOnlyError)(why) from err
             raise InvalidStoreError(
-                f"{self.path} is not an HDF5 file (or its superblock is damaged); "
-                "pass the right path, or mode 'w' to replace it"
-            )
+                f"{self.path} cannot be opened as HDF5 (truncated or damaged?): {err}"
+            ) from err
+
+    def _open_file(self, exists: bool) -> h5py.File:
         h5mode = {"x": "w-"}.get(self.mode, self.mode)
         if exists and self.mode in ("r+", "a"):
             # HDF5 rewrites the superblock when it opens a file for writing,
@@ -250,46 +295,44 @@ class Store:
                     "open it with mode 'r' to read it"
                 )
             h5mode = "r"
+        # libver stays at h5py's default, the format that reopens after a killed writer.
         try:
-            # HDF5's own flock is redundant with the store lock and fails on
-            # file systems without flock (NFS, Lustre); libver stays at h5py's
-            # default, the format that reopens after a killed writer.
-            file = h5py.File(self.path, h5mode, locking=False)
-        except PermissionError as err:
-            raise ReadOnlyError(
-                f"cannot open {self.path} in mode {self.mode!r}: {err.strerror or err}; "
-                "open it with mode 'r' to read it"
-            ) from err
-        except OSError as err:
-            raise InvalidStoreError(
-                f"{self.path} cannot be opened as HDF5 (truncated or damaged?): {err}"
-            ) from err
+            file = self._h5open(h5mode)
+        except InvalidStoreError:
+            if exists and self.mode != "w" and not h5py.is_hdf5(self.path):
+                raise InvalidStoreError(
+                    f"{self.path} is not an HDF5 file (or its superblock is damaged); "
+                    "pass the right path, or mode 'w' to replace it"
+                ) from None
+            raise
         if self.mode == "w":
             # Only now: a refused truncation must leave the old datasets whole.
             _raw.remove_orphans(self.path, None)
         return file
 
     def _load(self) -> None:
-        """Read and check the manifest; in write modes finish an interrupted change."""
+        """Read the store's own record (format 2) or manifest (format 1); tidy in write modes.
+
+        Datasets are not looked at here: each is described when first used.
+        """
+        where = str(self.path)
+        self._known: dict[str, ArrayInfo | str] = {}
+        self._chunk_indexes: dict[tuple[str, int, tuple[int, ...]], Any] = {}
+        self._format1: dict[str, ArrayInfo] | None = None
         try:
-            stored = read_manifest(self._file)
-            names = _hdf5.walk_datasets(self._file, skip=_TMP_GROUP)
+            record = _metadata.read_store_record(self._file, where)
+            stored = None if record is not None else read_manifest(self._file)
         except ManifestError:
             raise
         except (OSError, RuntimeError, ValueError, KeyError) as err:
             raise InvalidStoreError(f"{self.path} is damaged: {err}") from err
-        self._unsupported: dict[str, str] = {}
-        self._chunk_indexes: dict[tuple[str, int, tuple[int, ...]], Any] = {}
-        live: dict[str, ArrayInfo] = {}
-        for name in names:
-            described = self._describe(name, strict=stored is not None and name in stored.arrays)
-            if isinstance(described, str):
-                self._unsupported[name] = described
-            else:
-                live[name] = described
-        self._manifest = reconcile(stored, live, self._unsupported, str(self.path))
-        if self.writable and stored is not None and needs_repair(stored, self._manifest):
-            self._repair()
+        if record is not None:
+            self._format = FORMAT_VERSION
+        elif stored is not None:
+            self._format = 1
+            self._format1 = dict(stored.arrays)
+        else:
+            self._format = 0  # no shmstore metadata: a file of other tools, or a new one
         if self.writable:
             self._tidy()
 
@@ -302,19 +345,83 @@ class Store:
             # dataspace) when opening; the name itself was just listed.
             return f"{name!r} cannot be read: {err}"
 
-    def _repair(self) -> None:
-        """Record in the manifest the rows of an append whose writer died."""
-        self._reopen_writable()
-        self._set_manifest(
-            self._manifest.model_copy(update={"revision": self._manifest.revision + 1})
+    def _stored_info(self, name: str) -> ArrayInfo | None:
+        """What shmstore recorded of dataset *name*, or ``None`` (a dataset of another tool).
+
+        :raises ManifestError: the record is damaged or of a newer format.
+        """
+        if self._format1 is not None:
+            return self._format1.get(name)
+        what = f"{name!r} in {self.path}"
+        try:
+            dataset = _hdf5.open_dataset(self._file, name)
+            record = _metadata.read_record(dataset, what)
+        except ManifestError:
+            raise
+        except (OSError, RuntimeError, ValueError, KeyError) as err:
+            raise ManifestError(f"{what}: its record cannot be read: {err}") from err
+        if record is None:
+            return None
+        return ArrayInfo.model_construct(
+            name=name, **{field: getattr(record, field) for field in _RECORD_FIELDS}
         )
+
+    def _lookup(self, name: str) -> ArrayInfo | str | None:
+        """The checked description of *name*, why it is not served, or ``None`` (no dataset).
+
+        Described once per store and change: the record is validated and
+        compared with the dataset's header here, on first use.
+
+        :raises ManifestError: the record is damaged, or disagrees with the dataset.
+        """
+        known = self._known.get(name)
+        if known is not None:
+            return known
+        exists = _hdf5.is_dataset(self._file, name) and not _in_tmp(name)
+        if not exists:
+            if self._format1 is not None and name in self._format1:
+                info = self._format1[name]
+                raise ManifestError(
+                    f"the manifest of {self.path} lists {name!r} ({info.shape} {info.dtype}), "
+                    "but the file has no such dataset: the file was changed by another tool; "
+                    "restore it, or delete the root attribute 'shmstore_manifest' to have the "
+                    "manifest inferred"
+                )
+            return None
+        stored = self._stored_info(name)
+        described = self._describe(name, strict=stored is not None)
+        if isinstance(described, str):
+            if stored is not None:
+                raise ManifestError(f"{name!r} is recorded in {self.path}, but {described}")
+            self._known[name] = described
+            return described
+        if stored is None:
+            self._known[name] = described
+            return described
+        info = check_record(stored, described, str(self.path))
+        if info.shape != stored.shape and self.writable:
+            self._repair(info)
+        self._known[name] = info
+        return info
+
+    def _repair(self, info: ArrayInfo) -> None:
+        """Record the rows of an append whose writer died (they are complete)."""
+        self._reopen_writable()
+        self._store_record(info)
         self._touch()
 
     def _tidy(self) -> None:
-        """Free what a killed writer left: trashed datasets, unreferenced raw files."""
+        """Free what a killed writer left: trashed datasets and their raw files.
+
+        A change moves what it replaces or deletes to the trash inside its
+        journaled step, then removes the raw files and empties the trash;
+        a writer killed in between left them there.  Raw files no dataset
+        refers to can only be left by a change that was rolled back, so
+        they are looked for (a walk of every dataset) only then.
+        """
         if len(self._file.get(_TMP_GROUP, ())) > 0:
             self._empty_trash()
-        if not _raw.raw_dir(self.path).is_dir():
+        if not self._rolled_back or not _raw.raw_dir(self.path).is_dir():
             return
         referenced: set[Path] = set()
         for name in _hdf5.walk_datasets(self._file, skip=""):
@@ -361,22 +468,73 @@ class Store:
 
     @property
     def manifest(self) -> Manifest:
-        """The :class:`~shmstore.manifest.Manifest` of every served dataset, checked on open."""
+        """The :class:`~shmstore.manifest.Manifest` of every served dataset, built now.
+
+        Every dataset's record is read and checked against its dataset, so
+        this costs time in proportion to the number of datasets; :meth:`info`
+        describes one.
+
+        :raises ManifestError: a dataset's record is damaged or disagrees with
+            the dataset (the message names it); :meth:`info` still serves the others.
+        """
         self._check_open()
-        return self._manifest
+        arrays = {}
+        for name in self.names():
+            found = self._lookup(name)
+            if isinstance(found, ArrayInfo):
+                arrays[name] = found
+        return Manifest(
+            format_version=1 if self._format == 1 else 2,
+            inferred=self._format == 0,
+            arrays=arrays,
+        )
+
+    @property
+    def format_version(self) -> int:
+        """The metadata format of the file: 2, 1 (shmstore 0.1.0; migrated on the first
+        change), or 0 (no shmstore metadata: a file of other tools, or a new empty one)."""
+        self._check_open()
+        return self._format
+
+    def metadata_problems(self) -> list[str]:
+        """What is wrong with the stored copies of the metadata; empty when every copy is whole.
+
+        Format 1: the two copies of the root manifest; format 2: the two
+        copies of each dataset's record.  A store serves from one good copy,
+        so these are problems a reader does not see (``shmstore validate``
+        reports them).  Reads every dataset's record.
+        """
+        self._check_open()
+        if self._format == 1:
+            return copy_problems(self._file)
+        problems = []
+        for name in self.names():
+            if not _hdf5.is_dataset(self._file, name):
+                continue
+            try:
+                dataset = _hdf5.open_dataset(self._file, name)
+            except (OSError, RuntimeError, ValueError, KeyError):
+                continue  # reported by info() as a dataset that cannot be read
+            problems.extend(_metadata.record_problems(dataset, repr(name)))
+        return problems
 
     def names(self) -> list[str]:
         """Paths of every dataset, sorted, nested groups as ``"grp/sub/ds"``.
 
         Datasets shmstore cannot serve are listed too: :meth:`info` says why.
+        Listing visits every object of the file.
         """
         self._check_open()
-        return sorted([*self._manifest.arrays, *self._unsupported])
+        names = set(_hdf5.walk_datasets(self._file, skip=_TMP_GROUP))
+        names.update(self._format1 or ())
+        return sorted(names)
 
     def __contains__(self, name: object) -> bool:
         self._check_open()
-        return isinstance(name, str) and (
-            name in self._manifest.arrays or name in self._unsupported
+        if not isinstance(name, str) or _in_tmp(name):
+            return False
+        return _hdf5.is_dataset(self._file, name) or (
+            self._format1 is not None and name in self._format1
         )
 
     def __len__(self) -> int:
@@ -388,22 +546,27 @@ class Store:
     def info(self, name: str) -> ArrayInfo:
         """Shape, dtype, layout, chunks, compression and size of dataset *name*.
 
+        The dataset's record is read and checked against the dataset on first use.
+
         :raises ArrayNotFoundError: no dataset of that name.
         :raises UnsupportedDtypeError: the dataset exists but its dtype (or
             dataspace) is one shmstore does not serve.
+        :raises ManifestError: its record is damaged, of a newer format, or
+            disagrees with the dataset.
         :raises ArgumentError: *name* is not a ``str``.
         """
         self._check_open()
         if not isinstance(name, str):
             raise ArgumentError(f"a dataset name must be a str, got {type(name).__name__} {name!r}")
-        found = self._manifest.arrays.get(name)
-        if found is not None:
+        found = self._lookup(name)
+        if isinstance(found, ArrayInfo):
             return found
-        if name in self._unsupported:
-            raise UnsupportedDtypeError(self._unsupported[name])
-        names = ", ".join(repr(n) for n in self.names()[:10]) or "none"
+        if isinstance(found, str):
+            raise UnsupportedDtypeError(found)
+        some = _hdf5.first_datasets(self._file, _TMP_GROUP, 11)
+        names = ", ".join(repr(n) for n in some[:10]) + (", ..." if len(some) > 10 else "")
         raise ArrayNotFoundError(
-            f"no dataset {name!r} in {self.path.name} (it holds {len(self)}: {names})"
+            f"no dataset {name!r} in {self.path.name} (it holds {names or 'none'})"
         )
 
     # -- reading -------------------------------------------------------------
@@ -683,21 +846,46 @@ class Store:
 
     def _reopen_writable(self) -> None:
         """Switch the h5py file to read/write (see ``_open_file``) before the first change."""
-        if self._file.mode == "r+":
+        if self._handle.get("file") is None or self._file.mode == "r+":
             return
+        self._check_alone()
         self._file.close()
         try:
-            self._handle["file"] = h5py.File(self.path, "r+", locking=False)
-        except OSError as err:
-            self._handle["file"] = h5py.File(self.path, "r", locking=False)
-            raise ReadOnlyError(f"cannot write {self.path}: {err}") from err
+            self._handle["file"] = self._h5open("r+")
+        except BaseException:
+            self._handle["file"] = self._h5open("r")
+            raise
 
-    def _set_manifest(self, manifest: Manifest) -> None:
-        write_manifest(self._file, manifest)
-        self._manifest = manifest.model_copy(update={"inferred": False})
+    def _check_alone(self) -> None:
+        """Refuse to change the file while this process holds it open through h5py too.
+
+        Changes run on a journaling file object that HDF5 does not know as
+        the same file; another open handle would keep serving (and flushing)
+        the metadata it cached from before the change.
+
+        :raises ReadOnlyError: another h5py handle of this process has the file open.
+        """
+        if _hdf5.other_opens(self._file):
+            raise ReadOnlyError(
+                f"cannot change {self.path}: this process holds it open through h5py as well "
+                "(an h5py.File of the same path), and a shmstore change cannot run beside "
+                "another open of the file: close the h5py.File first"
+            )
+
+    def _store_record(self, info: ArrayInfo) -> None:
+        """Write *info* as its dataset's record: in place, or journaled when it must grow."""
+        record = _metadata.record_of(info)
+        dataset = _hdf5.open_dataset(self._file, info.name)
+        if _metadata.fits(dataset, record) or self._journaled:
+            _metadata.write_record(self._file, dataset, record, flush=not self._journaled)
+        else:
+            with self._change():
+                dataset = _hdf5.open_dataset(self._file, info.name)
+                _metadata.write_record(self._file, dataset, record, flush=False)
+        self._known[info.name] = info
 
     def _touch(self) -> None:
-        """Make a change visible to every ``stat`` of the file.
+        """Make a change visible to every ``stat`` of the file (and durable if asked).
 
         The file's identity (size, mtime in ns) tells caches that its data
         changed; the kernel's coarse clock can leave mtime unchanged for two
@@ -705,6 +893,8 @@ class Store:
         """
         stat = os.stat(self.path)
         os.utime(self.path, ns=(stat.st_atime_ns, max(time.time_ns(), stat.st_mtime_ns + 1)))
+        if self.durable:
+            fsync_file(self.path)
 
     @contextmanager
     def _change(self, expendable: list[tuple[int, int]] | None = None) -> Iterator[None]:
@@ -713,54 +903,151 @@ class Store:
         HDF5 runs on a :class:`JournalingFile` for the change, and the file is
         closed (HDF5's last metadata written) before the journal is dropped.
         On an exception the file is rolled back and the store's state restored.
+        A store of metadata format 1 is migrated first, in a change of its own.
         """
-        manifest, unsupported = self._manifest, dict(self._unsupported)
+        if self._journaled:  # already inside one: the outer change covers this
+            yield
+            return
+        if self._format == 1:
+            self._migrate()
+        self._check_alone()
+        known, format1, fmt = dict(self._known), self._format1, self._format
         self._file.close()
+        self._handle.pop("file")
+        self._check_unlocked()
         journaled = JournalingFile(self.path, expendable or ())
         try:
             self._handle["file"] = h5py.File(journaled, "r+")
+            self._journaled = True
             yield
             self._file.close()
-            journaled.commit()
+            journaled.commit(durable=self.durable)
         except BaseException:
             if self._file.id.valid:
                 self._file.close()
             journaled.close()
             rollback(self.path)
-            self._manifest, self._unsupported = manifest, unsupported
+            self._known, self._format1, self._format = known, format1, fmt
+            self._chunk_indexes.clear()
             raise
         finally:
+            self._journaled = False
             journaled.close()
-            self._handle["file"] = h5py.File(self.path, "r+", locking=False)
+            self._handle.pop("file", None)  # reopened when next used (see _file)
+
+    def _check_unlocked(self) -> None:
+        """Refuse a change while another process holds the file open through HDF5.
+
+        A change runs on a file object HDF5 does not lock; HDF5's own lock
+        (``flock``, which this process no longer holds: its handle is
+        closed) is probed instead, as opening the file for writing would.
+
+        :raises LockTimeoutError: another process holds HDF5's lock of the file.
+        """
+        if os.environ.get("HDF5_USE_FILE_LOCKING", "").upper() == "FALSE":
+            return
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            self._handle["file"] = self._h5open("r")
+            raise LockTimeoutError(
+                f"cannot change {self.path}: another process holds it open through HDF5 (h5py "
+                "or another tool) and HDF5's file lock keeps writers out: close it there "
+                "first, or set HDF5_USE_FILE_LOCKING=FALSE in both programs (shmstore's own "
+                "lock still serialises shmstore's writers)"
+            ) from err
+        except OSError:
+            pass  # a file system without flock: HDF5 ignores its locks there too
+        finally:
+            os.close(fd)  # also drops the flock
+
+    def _reopen_after_change(self) -> h5py.File:
+        """The file opened for writing again once a change is done (or rolled back).
+
+        The change has happened: a process that opened the file through
+        HDF5 meanwhile (its lock refusing this open) must not make it look
+        failed, so the open falls back to no HDF5 file lock, as before 0.2.
+        """
+        try:
+            return self._h5open("r+")
+        except LockTimeoutError:
+            return h5py.File(self.path, "r+", locking=False)
+
+    def _migrate(self) -> None:
+        """Turn a store of metadata format 1 into format 2, all at once or not at all.
+
+        Every dataset the root manifest lists gets its record (the entry as
+        it was, with a new generation), the store record is written and the
+        root manifest removed, in one journaled change: a writer killed at
+        any point leaves the file in format 1 or in format 2, never a mix.
+
+        :raises ManifestError: the manifest lists a dataset the file does not hold.
+        """
+        entries = self._format1 or {}
+        for name in entries:
+            if not _hdf5.is_dataset(self._file, name):
+                self._lookup(name)  # raises, naming it
+        self._format = FORMAT_VERSION  # no migration inside the migration's own change
+        try:
+            with self._change():
+                for name, info in entries.items():
+                    record = _metadata.record_of(
+                        info.model_copy(update={"generation": _metadata.new_generation()})
+                    )
+                    dataset = _hdf5.open_dataset(self._file, name)
+                    _metadata.write_record(self._file, dataset, record, flush=False)
+                _metadata.write_store_record(self._file)
+                for attr in (MANIFEST_ATTR, BACKUP_ATTR):
+                    if attr in self._file.attrs:
+                        del self._file.attrs[attr]
+        except BaseException:
+            self._format = 1
+            raise
+        _log.info("%s: migrated the metadata from format 1 to %d", self.path, FORMAT_VERSION)
+        self._format1 = None
+        self._known.clear()
 
     def _trash_name(self) -> str:
         return f"{_TMP_GROUP}/{secrets.token_hex(8)}"
 
     def _empty_trash(self) -> None:
-        """Free the datasets a change moved to the trash (their data need not be journaled)."""
+        """Free the datasets a change moved to the trash, and their raw files.
+
+        The raw files go first: while a trashed dataset is in the trash, a
+        writer killed here leaves it to be found and freed on the next open,
+        and no raw file is ever left that nothing refers to.  The trashed
+        data need not be journaled (it is expendable).
+        """
         trash = self._file.get(_TMP_GROUP)
         if trash is None or len(trash) == 0:
             return
-        names = [f"{_TMP_GROUP}/{child}" for child in trash]
+        names = [
+            f"{_TMP_GROUP}/{child}"
+            for child in trash
+            if _hdf5.is_dataset(self._file, f"{_TMP_GROUP}/{child}")
+        ]
+        raw = [file for name in names for file in self._raw_files_of(name)]
+        _raw.remove_raw(self.path, raw)
+        if raw and self.durable:
+            fsync_dir(_raw.raw_dir(self.path))
         expendable = [
             span
             for name in names
-            if _hdf5.is_dataset(self._file, name)
             for span in _hdf5.data_ranges(_hdf5.open_dataset(self._file, name))
         ]
         with self._change(expendable):
-            for name in names:
-                del self._file[name]
+            for child in list(self._file[_TMP_GROUP]):
+                del self._file[f"{_TMP_GROUP}/{child}"]
 
-    def _after_change(self, old_raw: tuple[str, ...]) -> None:
-        self._empty_trash()
-        _raw.remove_raw(self.path, old_raw)
+    def _after_change(self, *, trashed: bool) -> None:
+        """Finish a change: free what it moved to the trash (*trashed*), tell caches."""
+        if trashed:
+            self._empty_trash()
         self._touch()
 
     def _raw_files_of(self, name: str) -> tuple[str, ...]:
         """Raw files that dataset *name* owns (those inside this store's raw directory)."""
-        if name not in self._manifest.arrays or self._manifest.arrays[name].layout != "external":
-            return ()
         dataset = _hdf5.open_dataset(self._file, name)
         files = _hdf5.external_files(dataset, self.path.parent)
         return _raw.owned(self.path, (path for path, _, _ in files))
@@ -805,10 +1092,10 @@ class Store:
                 "it, or append() to add rows"
             )
         self._check_parents(name)
-        old_raw = self._raw_files_of(name) if exists else ()
         external = appendable and chunks is None and compression is None
         raw_name = self._new_raw_name(name) if external else None
-        revision = self._manifest.revision + 1
+        previous = self._known.get(name)
+        version = _metadata.next_version(previous.version if isinstance(previous, ArrayInfo) else 0)
         try:
             with self._change():
                 temporary = self._trash_name()
@@ -816,34 +1103,32 @@ class Store:
                     self._write_external(name, temporary, arr, raw_name)
                 else:
                     self._write_h5(temporary, arr, chunks, compression, appendable)
-                described = self._describe(temporary, revision, strict=True)
+                described = self._describe(temporary, version, strict=True)
                 if isinstance(described, str):
                     raise InvalidStoreError(
                         f"the dataset written for {name!r} is unreadable: {described}"
                     )
-                if exists:
-                    self._file.move(name, self._trash_name())
-                self._file.move(temporary, name)
+                dataset = _hdf5.open_dataset(self._file, temporary)
                 info = described.model_copy(
                     update={
                         "name": name,
-                        "chunk_digest": _chunk_digest(_hdf5.open_dataset(self._file, name)),
+                        "generation": _metadata.new_generation(),
+                        "chunk_digest": _chunk_digest(dataset),
                     }
                 )
-                self._set_manifest(
-                    self._manifest.model_copy(
-                        update={
-                            "arrays": {**self._manifest.arrays, name: info},
-                            "revision": revision,
-                        }
-                    )
-                )
+                # The record goes with the dataset: it is whole before the name is.
+                _metadata.write_record(self._file, dataset, _metadata.record_of(info), flush=False)
+                _metadata.write_store_record(self._file)
+                if exists:
+                    self._file.move(name, self._trash_name())
+                self._file.move(temporary, name)
+                self._format = FORMAT_VERSION
         except BaseException:
             if raw_name is not None:
                 _raw.remove_raw(self.path, (raw_name,))
             raise
-        self._unsupported.pop(name, None)
-        self._after_change(old_raw)
+        self._known[name] = info
+        self._after_change(trashed=exists)
         return info
 
     def _check_parents(self, name: str) -> None:
@@ -875,7 +1160,7 @@ class Store:
         :raises InvalidStoreError: another failure of the write (no space, I/O error).
         """
         try:
-            _raw.write_raw(path, offset, data)
+            _raw.write_raw(path, offset, data, durable=self.durable)
         except PermissionError as err:
             raise ReadOnlyError(
                 f"cannot write the rows of {name!r} to its raw file {path}: {err.strerror}; "
@@ -892,6 +1177,8 @@ class Store:
         group = self._file.require_group(_TMP_GROUP)
         data = np.ascontiguousarray(arr)
         self._write_raw(self.path.parent / raw_name, 0, data, name)
+        if self.durable:
+            fsync_dir(_raw.raw_dir(self.path))  # the raw file's name
         _hdf5.create_external(group, temporary.rsplit("/", 1)[1], data.dtype, data.shape, raw_name)
 
     def _write_h5(
@@ -964,9 +1251,27 @@ class Store:
                     "appendable=True, overwrite=True)"
                 )
         self._reopen_writable()
-        # Growing a chunked dataset adds chunks to its index (B-tree nodes
-        # split and move), which a kill can leave half flushed: journaled.
-        with nullcontext() if info.layout == "external" else self._change():
+        if self._format == 1:
+            self._migrate()
+        grown = info.model_copy(
+            update={
+                "shape": (new, *info.shape[1:]),
+                "version": _metadata.next_version(info.version),
+                # A dataset of another tool gets its record, and so a generation, now.
+                "generation": info.generation or _metadata.new_generation(),
+            }
+        )
+        # Rows and extent of a raw file, and a record of the same size, are
+        # rewritten in place in a crash-safe order.  Growing a chunked
+        # dataset adds chunks to its index (B-tree nodes split and move), and
+        # a new or larger record allocates header space; a kill can leave
+        # either half flushed: journaled.
+        in_place = (
+            info.layout == "external"
+            and self._format == FORMAT_VERSION
+            and _metadata.fits(_hdf5.open_dataset(self._file, name), _metadata.record_of(grown))
+        )
+        with nullcontext() if in_place else self._change():
             dataset = _hdf5.open_dataset(self._file, name)
             if info.layout == "external":
                 # Rows first, extent second: the extent never covers unwritten bytes.
@@ -979,20 +1284,13 @@ class Store:
             else:
                 dataset.resize(new, axis=0)
                 dataset[old:new] = data
+                grown = grown.model_copy(update={"chunk_digest": _chunk_digest(dataset)})
             self._file.flush()
-            revision = self._manifest.revision + 1
-            grown = info.model_copy(
-                update={
-                    "shape": (new, *info.shape[1:]),
-                    "version": revision,
-                    "chunk_digest": _chunk_digest(dataset),
-                }
-            )
-            self._set_manifest(
-                self._manifest.model_copy(
-                    update={"arrays": {**self._manifest.arrays, name: grown}, "revision": revision}
-                )
-            )
+            _metadata.write_record(self._file, dataset, _metadata.record_of(grown), flush=in_place)
+            if not in_place:
+                _metadata.write_store_record(self._file)
+                self._format = FORMAT_VERSION
+        self._known[name] = grown
         self._touch()
         return grown
 
@@ -1005,17 +1303,11 @@ class Store:
         self._check_writable(f"delete {name!r}")
         if name not in self:
             self.info(name)
-        raw = self._raw_files_of(name)
-        arrays = {k: v for k, v in self._manifest.arrays.items() if k != name}
         with self._change():
-            self._file.move(name, self._trash_name())
-            self._set_manifest(
-                self._manifest.model_copy(
-                    update={"arrays": arrays, "revision": self._manifest.revision + 1}
-                )
-            )
-        self._unsupported.pop(name, None)
-        self._after_change(raw)
+            if _hdf5.is_dataset(self._file, name):
+                self._file.move(name, self._trash_name())
+        self._known.pop(name, None)
+        self._after_change(trashed=True)
 
 
 def open_store(
@@ -1024,6 +1316,7 @@ def open_store(
     *,
     cache: Cache | None = None,
     lock_timeout: float = 30.0,
+    durable: bool | None = None,
 ) -> Store:
     """Open the HDF5 file at *path* as a :class:`Store`.
 
@@ -1035,13 +1328,22 @@ def open_store(
         ``/dev/shm/shmstore-<uid>`` with the ``SHMSTORE_BUDGET`` budget.
     :param lock_timeout: seconds to wait while another process holds the
         store's lock (a writer, or readers when opening for writing).
+    :param durable: flush every ``write``, ``append`` and ``delete`` to disk
+        before it returns (raw file, then the HDF5 file, then the directory
+        where a file was created), so that it survives a power cut, not only
+        a crash of the writer; ``None`` reads ``SHMSTORE_DURABLE`` (``1``
+        turns it on).  Off by default: each change then waits for the disk.
     :raises StoreNotFoundError: mode ``"r"`` or ``"r+"`` and no file at *path*,
         or a creating mode and no directory to create it in.
     :raises InvalidStoreError: the file is not HDF5, or is truncated or damaged.
-    :raises ManifestError: the manifest is invalid or disagrees with the datasets.
-    :raises LockTimeoutError: the lock stayed held for *lock_timeout* seconds.
+    :raises ManifestError: the store's own record (or a format-1 manifest) is
+        damaged, or of a newer format.  A dataset's record is checked when the
+        dataset is first used.
+    :raises LockTimeoutError: the lock stayed held for *lock_timeout* seconds,
+        or another process holds the file open through HDF5 in a way that
+        keeps this open out.
     :raises ReadOnlyError: a write mode on a file this user cannot write, or
         beside which the lock file cannot be created.
     :raises ArgumentError: an unknown *mode*, or ``"w-"``/``"x"`` and the file exists.
     """
-    return Store(path, mode, cache=cache, lock_timeout=lock_timeout)
+    return Store(path, mode, cache=cache, lock_timeout=lock_timeout, durable=durable)

@@ -1,9 +1,14 @@
-"""The manifest: what a store holds, as pydantic models.
+"""What a store holds, as pydantic models.
 
-The manifest is JSON text in the HDF5 file's root attribute
-``shmstore_manifest``, valid against ``schemas/manifest.schema.json``.  It is
-validated on every open and compared with the datasets themselves: a
-manifest that disagrees with the file is an error, never wrong data.
+Metadata format 2 keeps one :class:`DatasetRecord` per dataset, as JSON in an
+attribute of the dataset itself, and one :class:`StoreRecord` in the root
+group.  A record is read and validated when its dataset is first used, never
+all at open, so the cost of opening a store, and of reading, writing or
+appending one dataset, does not grow with the number of datasets.
+:class:`Manifest` gathers every dataset's :class:`ArrayInfo`; the store builds
+it on demand (``store.manifest``).  Format 1 (shmstore 0.1.0) kept the whole
+manifest in one root attribute; such stores still open, and are migrated on
+their first write (see ``docs/design.md``, "Metadata").
 
 This module holds models only; reading and writing them is the store's job.
 """
@@ -17,11 +22,26 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validat
 
 from ._dtype import DType
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "ArrayInfo", "Layout", "Manifest"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "RECORD_FORMAT",
+    "STORE_FORMAT",
+    "ArrayInfo",
+    "DatasetRecord",
+    "Layout",
+    "Manifest",
+    "StoreRecord",
+]
 
 FORMAT = "shmstore-manifest"
-FORMAT_VERSION = 1
-"""The manifest format this version writes and reads; a newer one is refused."""
+"""The ``format`` of a :class:`Manifest` (and of the root attribute of format 1)."""
+STORE_FORMAT = "shmstore-store"
+"""The ``format`` of a :class:`StoreRecord`."""
+RECORD_FORMAT = "shmstore-dataset"
+"""The ``format`` of a :class:`DatasetRecord`."""
+FORMAT_VERSION = 2
+"""The metadata format this version writes; it reads 1 and 2, and refuses newer ones."""
 
 Layout = Literal["contiguous", "external", "chunked", "compact", "virtual"]
 """Where a dataset's bytes live.
@@ -36,27 +56,14 @@ Layout = Literal["contiguous", "external", "chunked", "compact", "virtual"]
 # Names shmstore writes are checked by the store; a file written by another
 # tool may hold any HDF5 path, so the model only asks for a non-empty one.
 _Name = Annotated[str, Field(min_length=1)]
+_Generation = Annotated[str, Field(pattern=r"^[0-9a-f]{16,64}$")]
 
 
-class ArrayInfo(BaseModel):
-    """One dataset: its shape, dtype and storage.
-
-    ``shape[0]`` is the number of rows; ``nbytes`` is the size of the whole
-    array in bytes.  ``version`` is the manifest revision at which the dataset
-    last changed: every ``write``, ``append`` and ``delete`` moves it forward,
-    so a cached copy of an older version is never served.  ``data_offset`` is
-    where the bytes of a memory-mappable dataset begin in the file holding
-    them (the HDF5 file, or the raw file of an appendable one), in bytes:
-    HDF5's format keeps no checksum of its headers, so the offset is
-    recorded and checked on every open, and a damaged header that points
-    elsewhere is refused instead of read.  ``chunk_digest`` does the same for
-    the chunk index of a chunked dataset shmstore wrote: a digest of every
-    chunk's coordinates, byte offset, size and filter mask.
-    """
+class _Stored(BaseModel):
+    """The description of a dataset's data, shared by records and infos."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
-    name: _Name
     shape: tuple[NonNegativeInt, ...]
     dtype: DType
     layout: Layout
@@ -65,8 +72,44 @@ class ArrayInfo(BaseModel):
     compression_opts: int | None = None
     appendable: bool = False
     version: NonNegativeInt = 0
+    generation: _Generation | None = None
     data_offset: NonNegativeInt | None = None
     chunk_digest: str | None = None
+
+    @model_validator(mode="after")
+    def _chunks_match_layout(self) -> _Stored:
+        if self.chunks is not None and len(self.chunks) != len(self.shape):
+            raise ValueError(
+                f"chunks {self.chunks} must have one entry per dimension of shape {self.shape}"
+            )
+        if (self.chunks is None) == (self.layout == "chunked"):
+            raise ValueError(
+                f"a chunked layout needs chunks and only it has them "
+                f"(layout {self.layout!r}, chunks {self.chunks})"
+            )
+        return self
+
+
+class ArrayInfo(_Stored):
+    """One dataset: its shape, dtype and storage.
+
+    ``shape[0]`` is the number of rows; ``nbytes`` is the size of the whole
+    array in bytes.  ``generation`` identifies one ``write`` of the dataset
+    (a random hex token; ``None`` for a dataset shmstore did not write):
+    ``write``, overwrite and ``delete`` start a new one, ``append`` keeps it,
+    because rows once appended never change.  ``version`` grows with every
+    change of the dataset through shmstore, appends included, so a cached
+    copy of an older version is never served.  ``data_offset`` is where the
+    bytes of a memory-mappable dataset begin in the file holding them (the
+    HDF5 file, or the raw file of an appendable one), in bytes: HDF5's format
+    keeps no checksum of its headers, so the offset is recorded and checked,
+    and a damaged header that points elsewhere is refused instead of read.
+    ``chunk_digest`` does the same for the chunk index of a chunked dataset
+    shmstore wrote: a digest of every chunk's coordinates, byte offset, size
+    and filter mask.
+    """
+
+    name: _Name
 
     @property
     def nbytes(self) -> int:
@@ -88,34 +131,47 @@ class ArrayInfo(BaseModel):
         """True when the bytes lie in one uncompressed block of one file."""
         return self.layout in ("contiguous", "external")
 
-    @model_validator(mode="after")
-    def _chunks_match_layout(self) -> ArrayInfo:
-        if self.chunks is not None and len(self.chunks) != len(self.shape):
-            raise ValueError(
-                f"chunks {self.chunks} of {self.name!r} must have one entry per "
-                f"dimension of shape {self.shape}"
-            )
-        if (self.chunks is None) == (self.layout == "chunked"):
-            raise ValueError(
-                f"{self.name!r}: a chunked layout needs chunks and only it has them "
-                f"(layout {self.layout!r}, chunks {self.chunks})"
-            )
-        return self
+
+class DatasetRecord(_Stored):
+    """The record a dataset carries (format 2): JSON in its attribute ``shmstore_record``.
+
+    The same fields as :class:`ArrayInfo` less the name, which is where the
+    dataset is, plus the format and its version.  ``generation`` is always
+    set: every dataset shmstore writes has one.
+    """
+
+    format: Literal["shmstore-dataset"] = "shmstore-dataset"
+    format_version: Literal[2] = 2
+    generation: _Generation
+
+
+class StoreRecord(BaseModel):
+    """The record of the store (format 2): JSON in the root attribute ``shmstore_store``.
+
+    It says which metadata format the file's records follow; the records
+    themselves live with their datasets.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal["shmstore-store"] = "shmstore-store"
+    format_version: Literal[2] = 2
 
 
 class Manifest(BaseModel):
-    """Everything a store holds, keyed by dataset path (``"grp/sub/ds"``).
+    """Every dataset a store serves, keyed by dataset path (``"grp/sub/ds"``).
 
-    ``revision`` counts the changes made through shmstore; ``inferred`` is
-    true when the file had no manifest and this one was read off the
-    datasets (a file written by other tools).
+    Built on demand from the datasets' records (``store.manifest``).
+    ``format_version`` is the metadata format of the file (1: one root
+    attribute, as shmstore 0.1.0 wrote; 2: a record per dataset);
+    ``inferred`` is true when the file has no shmstore metadata at all and
+    every entry was read off the datasets (a file written by other tools).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     format: Literal["shmstore-manifest"] = "shmstore-manifest"
-    format_version: Literal[1] = 1
-    revision: NonNegativeInt = 0
+    format_version: Literal[1, 2] = 2
     inferred: bool = False
     arrays: dict[_Name, ArrayInfo] = Field(default_factory=dict)
 

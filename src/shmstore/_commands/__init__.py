@@ -62,13 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     sub = command(
         "info",
         "the datasets of FILE: shape, dtype, layout, chunks, compression, size; the manifest",
-        "path; format_version; manifest {revision, inferred} (inferred: the file has no "
-        "manifest, it was read off the datasets); datasets [ArrayInfo fields as "
-        "Store.info() reports them, plus nbytes]; unsupported [{name, reason}] (datasets "
-        "shmstore does not serve); nbytes (bytes of all datasets).",
+        "path; format_version (2: a record per dataset; 1: one root manifest, shmstore "
+        "0.1.0; 0: none); manifest {inferred} (inferred: the file has no shmstore metadata, "
+        "it was read off the datasets); datasets [ArrayInfo fields as Store.info() reports "
+        "them, plus nbytes]; unsupported [{name, reason}] (datasets shmstore does not "
+        "serve); refused [{name, reason}] (datasets whose record is damaged or disagrees "
+        "with them); nbytes (bytes of all datasets).",
         "_store_cmds.info",
     )
     sub.add_argument("file", metavar="FILE", help="an HDF5 file (any, also one without manifest)")
+    sub.add_argument(
+        "--all", action="store_true", help="list every dataset (default: the first 50)"
+    )
 
     sub = command(
         "ls",

@@ -93,7 +93,7 @@ def h5py_worker(path: str, name: str, out: Connection, go: Any) -> None:
     """A worker that reads its own copy of *name* with h5py; sends its private growth in bytes."""
     import h5py
 
-    with h5py.File(path, "r", locking=False) as f:
+    with h5py.File(path, "r") as f:
         dataset = f[name]
         before = private_bytes()
         array = dataset[:]

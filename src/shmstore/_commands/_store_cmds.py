@@ -7,26 +7,26 @@ import os
 import time
 from typing import Any
 
-import h5py
-
 from .._cache import Cache
 from .._diskarray import open_disk_array
-from .._manifest_io import copy_problems
 from .._store import Store, open_store
 from ..errors import (
     ArgumentError,
     LockTimeoutError,
+    ManifestError,
     ShmStoreError,
     StoreNotFoundError,
     UnsupportedDtypeError,
 )
-from ..manifest import FORMAT_VERSION, ArrayInfo, Manifest
+from ..manifest import ArrayInfo
 from ._format import count, emit_json, human_bytes, table
 
 __all__ = ["info", "parse_rows", "preload", "put", "validate"]
 
 _READ_BLOCK = 64 << 20
 """Bytes per read of ``validate --full``: every row is read, never all at once."""
+_SHOWN = 50
+"""Datasets ``info`` lists in its table unless ``--all`` is given."""
 
 
 def parse_rows(text: str | None) -> tuple[int | None, int | None] | None:
@@ -65,45 +65,52 @@ def _dtype(info: ArrayInfo) -> str:
     return info.dtype.str if info.dtype.fields is None else f"compound({len(info.dtype.fields)})"
 
 
-def _catalogue(store: Store) -> tuple[list[ArrayInfo], dict[str, str]]:
-    """The datasets *store* serves, and those it does not with why (foreign files only)."""
-    arrays, unsupported = [], {}
+def _catalogue(store: Store) -> tuple[list[ArrayInfo], dict[str, str], dict[str, str]]:
+    """The datasets *store* serves; those it does not, with why; those refused as damaged."""
+    arrays, unsupported, refused = [], {}, {}
     for name in store.names():
         try:
             arrays.append(store.info(name))
         except UnsupportedDtypeError as err:
             unsupported[name] = str(err)
-    return arrays, unsupported
+        except ManifestError as err:
+            refused[name] = str(err)
+    return arrays, unsupported, refused
+
+
+def _origin(store: Store) -> str:
+    """Where the metadata of *store* comes from, in words."""
+    if store.format_version == 0:
+        return "none in the file, inferred from the datasets"
+    if store.format_version == 1:
+        return "format 1 (one root manifest, shmstore 0.1.0; migrated on the first write)"
+    return "format 2 (a record per dataset)"
 
 
 def info(args: argparse.Namespace) -> int:
     """List the datasets of FILE with shape, dtype, layout, chunks, compression and size."""
     with open_store(args.file) as store:
-        manifest = store.manifest
-        arrays, unsupported = _catalogue(store)
-        path = store.path
+        arrays, unsupported, refused = _catalogue(store)
+        path, version, origin = store.path, store.format_version, _origin(store)
     if args.json:
         emit_json(
             {
                 "path": str(path),
-                "format_version": FORMAT_VERSION,
-                "manifest": {"revision": manifest.revision, "inferred": manifest.inferred},
+                "format_version": version,
+                "manifest": {"inferred": version == 0},
                 "datasets": [_describe(a) for a in arrays],
                 "unsupported": [{"name": k, "reason": v} for k, v in unsupported.items()],
+                "refused": [{"name": k, "reason": v} for k, v in refused.items()],
                 "nbytes": sum(a.nbytes for a in arrays),
             }
         )
         return 0
-    origin = (
-        "none in the file, inferred from the datasets"
-        if manifest.inferred
-        else f"stored, revision {manifest.revision} (format version {FORMAT_VERSION})"
-    )
     print(
         f"{args.file}: {count(len(arrays), 'dataset')}, "
-        f"{human_bytes(sum(a.nbytes for a in arrays))}; manifest {origin}"
+        f"{human_bytes(sum(a.nbytes for a in arrays))}; metadata {origin}"
     )
-    if arrays:
+    shown = arrays if args.all else arrays[:_SHOWN]
+    if shown:
         rows = [
             (
                 a.name,
@@ -116,7 +123,7 @@ def info(args: argparse.Namespace) -> int:
                 human_bytes(a.nbytes),
                 a.version,
             )
-            for a in arrays
+            for a in shown
         ]
         print(
             table(
@@ -124,8 +131,16 @@ def info(args: argparse.Namespace) -> int:
                 rows,
             )
         )
+    if len(shown) < len(arrays):
+        print(
+            f"... and {len(arrays) - len(shown)} more datasets "
+            f"({human_bytes(sum(a.nbytes for a in arrays[len(shown) :]))}): --all lists "
+            "every one, --json prints them for a script"
+        )
     for name, why in unsupported.items():
         print(f"not served: {name}: {why}")
+    for name, why in refused.items():
+        print(f"refused: {name}: {why}")
     return 0
 
 
@@ -150,22 +165,22 @@ def _problems(store: Store, arrays: list[ArrayInfo], full: bool) -> list[str]:
                 store.read(info.name, (info.rows - 1, info.rows))
         except ShmStoreError as err:
             problems.append(f"{info.name}: {err}")
-    if not store.manifest.inferred:
-        with h5py.File(store.path, "r", locking=False) as f:
-            problems.extend(copy_problems(f))
+    problems.extend(store.metadata_problems())
     return problems
 
 
 def validate(args: argparse.Namespace) -> int:
     """Check FILE: it opens, its manifest is valid and agrees with the datasets, data read."""
     problems: list[str] = []
-    manifest: Manifest | None = None
+    arrays: list[ArrayInfo] | None = None
     unsupported: dict[str, str] = {}
+    inferred = None
     try:
         with open_store(args.file) as store:
-            manifest = store.manifest
-            arrays, unsupported = _catalogue(store)
-            problems = _problems(store, arrays, args.full)
+            inferred = store.format_version == 0
+            arrays, unsupported, refused = _catalogue(store)
+            problems = [f"{name}: {why}" for name, why in refused.items()]
+            problems += _problems(store, arrays, args.full)
     except (StoreNotFoundError, LockTimeoutError):
         raise  # nothing was checked: the usual one line on stderr
     except ShmStoreError as err:
@@ -177,19 +192,19 @@ def validate(args: argparse.Namespace) -> int:
                 "path": os.path.abspath(args.file),
                 "valid": ok,
                 "problems": problems,
-                "datasets": len(manifest.arrays) if manifest else None,
-                "inferred": manifest.inferred if manifest else None,
+                "datasets": len(arrays) if arrays is not None else None,
+                "inferred": inferred,
             }
         )
-    elif ok and manifest is not None:
+    elif ok and arrays is not None:
         origin = (
             "none (a file of other tools): inferred from the datasets"
-            if manifest.inferred
+            if inferred
             else "valid, both copies, in agreement with the datasets"
         )
         extent = "every row" if args.full else "first and last rows"
         print(
-            f"{args.file}: OK: {count(len(manifest.arrays), 'dataset')} readable ({extent}); "
+            f"{args.file}: OK: {count(len(arrays), 'dataset')} readable ({extent}); "
             f"manifest {origin}"
         )
     else:
