@@ -37,7 +37,7 @@ def main(directory: Path) -> None:
         store.write("lookup", lookup, compression="gzip")
 
     with shmstore.open(path) as store:
-        print(f"{path}: {len(store)} datasets, manifest revision {store.manifest.revision}")
+        print(f"{path}: {len(store)} datasets, metadata format {store.format_version}")
         for name in store:
             info = store.info(name)
             detail = f", {info.compression}" if info.compression else ""

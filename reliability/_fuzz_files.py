@@ -43,9 +43,9 @@ KINDS: dict[str, str] = {
     "truncate_raw": "raw file of an appendable dataset truncated at a random offset",
     "superblock": "1-4 random bytes flipped in the superblock",
     "object_header": "1-4 random bytes flipped in a dataset's or group's object header",
-    "manifest_bytes": "1-4 random bytes flipped in the manifest text (one copy or both)",
-    "manifest_fields": "manifest rewritten: wrong types, missing/extra fields, absurd numbers, "
-    "a future format version",
+    "manifest_bytes": "1-4 random bytes flipped in a metadata record (one copy or both)",
+    "manifest_fields": "a metadata record rewritten: wrong types, missing/extra fields, "
+    "absurd numbers, a future format version",
     "data": "1-4 random bytes flipped in a dataset's stored data (file or raw file)",
     "anywhere": "1-8 random bytes flipped anywhere in the HDF5 file",
 }
@@ -139,11 +139,14 @@ def build_base(directory: Path, with_zstd: bool) -> Layout:
         headers=[],
         manifests=[],
     )
-    start = 0
-    while (found := content.find(b'{"format":"shmstore-manifest"', start)) >= 0:
-        end = content.find(b"   ", found)  # the text is padded with spaces to its capacity
-        layout.manifests.append((found, end - found))
-        start = end
+    # The metadata: the store's record and each dataset's record and its backup
+    # (JSON, each dataset's padded with spaces to its capacity).
+    for opening in (b'{"format":"shmstore-store"', b'{"shape":['):
+        start = 0
+        while (found := content.find(opening, start)) >= 0:
+            end = content.find(b"}", content.find(b'"format_version"', found)) + 1
+            layout.manifests.append((found, end - found))
+            start = end
     with h5py.File(path, "r") as file:
         for name in ["/", "grp", *arrays]:
             info = h5py.h5o.get_info(file[name].id)
@@ -204,8 +207,8 @@ def _positions(rng: random.Random, start: int, size: int, count: int) -> list[in
     return [start + rng.randrange(size) for _ in range(count)]
 
 
-def _mutate_manifest(data: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-    """One random change of the manifest's JSON tree."""
+def _mutate_record(entry: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """One random change of a dataset record's JSON tree."""
     wrong_values: list[Any] = [
         "x",
         "",
@@ -228,25 +231,17 @@ def _mutate_manifest(data: dict[str, Any], rng: random.Random) -> dict[str, Any]
         [10**20, 3],
         [-5],
     ]
-    arrays = data["arrays"]
-    name = rng.choice(sorted(arrays))
-    entry = arrays[name]
     how = rng.randrange(12)
-    if how == 0:  # a top-level field of the wrong type
-        data[rng.choice(["format", "format_version", "revision", "inferred", "arrays"])] = (
-            rng.choice(wrong_values)
-        )
+    if how == 0:  # a format field of the wrong type
+        entry[rng.choice(["format", "format_version", "generation"])] = rng.choice(wrong_values)
     elif how == 1:  # an entry's field of the wrong type or an absurd value
         entry[rng.choice(sorted(entry))] = rng.choice(wrong_values)
     elif how == 2:  # a missing field
-        target = rng.choice([data, entry])
-        target.pop(rng.choice(sorted(target)))
+        entry.pop(rng.choice(sorted(entry)))
     elif how == 3:  # an extra field
-        rng.choice([data, entry])[rng.choice(["extra", "nbytes", "offset"])] = rng.choice(
-            wrong_values
-        )
-    elif how == 4:  # a schema version from the future
-        data["format_version"] = rng.choice([2, 3, 99, 2**40])
+        entry[rng.choice(["extra", "nbytes", "offset"])] = rng.choice(wrong_values)
+    elif how == 4:  # a format version from the future, or the past
+        entry["format_version"] = rng.choice([1, 3, 99, 2**40])
     elif how == 5:  # absurd shapes
         shape = list(entry["shape"])
         shape[rng.randrange(len(shape))] = rng.choice([0, 1, 2**31, 2**62, 10**40])
@@ -257,35 +252,37 @@ def _mutate_manifest(data: dict[str, Any], rng: random.Random) -> dict[str, Any]
         entry["layout"] = rng.choice(["contiguous", "external", "chunked", "compact", "virtual"])
     elif how == 8:  # chunks that do not fit
         entry["chunks"] = rng.choice([None, [1], [0, 1], [2**40, 1], [3, 3, 3]])
-    elif how == 9:  # an entry under another name, or a dataset left out
-        if rng.random() < 0.5:
-            arrays[name + "_x"] = arrays.pop(name)
-        else:
-            arrays.pop(name)
-    elif how == 10:  # versions and revision far off
+    elif how == 9:  # where the bytes lie, far off
+        entry["data_offset"] = rng.choice([None, 0, 1, 2**40, -8])
+    elif how == 10:  # versions far off
         entry["version"] = rng.choice([0, 2**62, 7])
-        data["revision"] = rng.choice([0, 2**62, 1])
     else:  # compression settings that are not the dataset's
         entry["compression"] = rng.choice([None, "gzip", "lzf", "zstd", "nonsense"])
         entry["compression_opts"] = rng.choice([None, 0, 9, 2**40])
-    return data
+    return entry
 
 
 def _rewrite_manifest(path: Path, rng: random.Random) -> None:
-    from shmstore._manifest_io import BACKUP_ATTR, MANIFEST_ATTR
+    """Rewrite one dataset's record (one copy or both), or the store's record."""
+    from shmstore._metadata import RECORD_ATTR, RECORD_BACKUP_ATTR, STORE_ATTR
 
     with h5py.File(path, "r+") as file:
-        text = bytes(file.attrs[MANIFEST_ATTR]).decode().rstrip()
-        data = _mutate_manifest(json.loads(text), rng)
+        if rng.random() < 0.1:
+            obj, targets = file, [STORE_ATTR]
+            data = json.loads(bytes(file.attrs[STORE_ATTR]).decode())
+            data[rng.choice(sorted(data))] = rng.choice(["shmstore-store", 1, 3, None, "x"])
+        else:
+            obj = file[rng.choice(sorted(expected_arrays(False)))]
+            data = _mutate_record(json.loads(bytes(obj.attrs[RECORD_ATTR]).decode()), rng)
+            targets = [RECORD_ATTR] if rng.random() < 0.2 else [RECORD_ATTR, RECORD_BACKUP_ATTR]
         payload = json.dumps(data).encode()
         style = rng.random()
-        targets = [MANIFEST_ATTR] if style < 0.2 else [MANIFEST_ATTR, BACKUP_ATTR]
         for attr in targets:
-            del file.attrs[attr]
+            del obj.attrs[attr]
             if style > 0.9:  # the attribute itself of another type
-                file.attrs[attr] = rng.choice([np.arange(3), payload.decode(), np.float64(1)])
+                obj.attrs[attr] = rng.choice([np.arange(3), payload.decode(), np.float64(1)])
             else:
-                file.attrs[attr] = np.bytes_(payload)
+                obj.attrs[attr] = np.bytes_(payload)
 
 
 def damage(case: Case, layout: Layout, directory: Path) -> dict[str, set[int]]:
@@ -304,12 +301,12 @@ def damage(case: Case, layout: Layout, directory: Path) -> dict[str, set[int]]:
     elif case.kind == "object_header":
         _, address, size = rng.choice(layout.headers)
         flipped = [("h5", p) for p in _positions(rng, address, size, count)]
-        # The root header holds the manifest text: flips there are the manifest's kind.
+        # Object headers hold the metadata records: flips there are the records' kind.
         flipped = [
             (f, p) for f, p in flipped if not any(m <= p < m + n for m, n in layout.manifests)
         ] or [("h5", address)]
     elif case.kind == "manifest_bytes":
-        chosen = layout.manifests if rng.random() < 0.4 else layout.manifests[:1]
+        chosen = layout.manifests if rng.random() < 0.4 else [rng.choice(layout.manifests)]
         for start, size in chosen:
             flipped += [("h5", p) for p in _positions(rng, start, size, count)]
     elif case.kind == "data":

@@ -734,12 +734,12 @@ def _read_only_setup(case: ReadOnlyCase, base: Path) -> list[tuple[str, str]]:
 def _leave_journal(path: Path) -> None:
     """Leave the journal of a ``write`` whose writer died mid-change (a child killed)."""
     code = (
-        "import os, numpy, shmstore, shmstore._store as s\n"
+        "import os, numpy, shmstore, shmstore._metadata as m\n"
         f"st = shmstore.open({str(path)!r}, 'a')\n"
-        "orig = s.Store._set_manifest\n"
-        "def boom(self, m):\n"
-        "    orig(self, m); self._file.flush(); os.kill(os.getpid(), 9)\n"
-        "s.Store._set_manifest = boom\n"
+        "orig = m.write_store_record\n"
+        "def boom(file):\n"
+        "    orig(file); file.flush(); os.kill(os.getpid(), 9)\n"
+        "m.write_store_record = boom\n"
         "st.write('y', numpy.zeros((4, 3)))\n"
     )
     subprocess.run(

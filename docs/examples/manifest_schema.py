@@ -1,7 +1,7 @@
-"""Read a store's manifest as JSON and validate it against the checked-in schema.
+"""Read a dataset's metadata record as JSON and validate it against the checked-in schema.
 
 Run ``python manifest_schema.py [DIRECTORY]`` from a checkout of shmstore
-(it reads ``schemas/manifest.schema.json``); needs ``jsonschema``
+(it reads ``schemas/record.schema.json``); needs ``jsonschema``
 (``pip install jsonschema``, part of the ``test`` extra).
 """
 
@@ -15,6 +15,7 @@ import jsonschema
 import numpy as np
 
 import shmstore
+from shmstore.manifest import DatasetRecord
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
@@ -23,16 +24,17 @@ path = directory / "data.h5"
 with shmstore.open(path, mode="w") as store:
     store.write("weights", np.zeros((100, 8), dtype=np.float32))
     store.append("run1/spikes", np.arange(12).reshape(3, 4))
-    manifest = store.manifest  # a frozen pydantic model
-print("revision", manifest.revision, "datasets", sorted(manifest.arrays))
+    info = store.info("weights")  # a frozen pydantic model, validated when first used
+    manifest = store.manifest  # every dataset's, built on demand
+print("datasets", sorted(manifest.arrays), "generation of weights", info.generation)
 
-# Any HDF5 tool can read it: JSON text in the root attribute "shmstore_manifest".
+# Any HDF5 tool can read it: JSON text in the dataset's attribute "shmstore_record".
 with h5py.File(path, "r") as f:
-    document = json.loads(f.attrs["shmstore_manifest"])
-print(json.dumps(document["arrays"]["weights"], indent=1)[:200], "...")
+    document = json.loads(f["weights"].attrs["shmstore_record"])
+print(json.dumps(document, indent=1)[:200], "...")
 
-schema = json.loads((SCHEMAS / "manifest.schema.json").read_text())
+schema = json.loads((SCHEMAS / "record.schema.json").read_text())
 jsonschema.validate(document, schema)  # raises ValidationError when invalid
-assert shmstore.Manifest.model_validate(document) == manifest
+assert DatasetRecord.model_validate(document).generation == info.generation
 
-print("ok: the stored manifest is valid against schemas/manifest.schema.json")
+print("ok: the stored record is valid against schemas/record.schema.json")

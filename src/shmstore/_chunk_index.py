@@ -69,7 +69,9 @@ def digest(stored: list[Any]) -> str:
         (*(int(c) for c in chunk.chunk_offset), chunk.byte_offset, chunk.size, chunk.filter_mask)
         for chunk in stored
     )
-    packed = np.array(rows, dtype="<i8").tobytes()
+    # Unsigned: a damaged index can hold offsets up to 2**64 - 1 (HDF5's
+    # "undefined address"); the bytes of every valid index are the same as signed.
+    packed = np.array(rows, dtype="<u8").tobytes()
     return hashlib.blake2b(packed, digest_size=16).hexdigest()
 
 
@@ -113,7 +115,7 @@ def check_chunk_index(
     if info.chunk_digest is not None and digest(stored) != info.chunk_digest:
         raise _damaged(
             what,
-            "its chunks are not where shmstore wrote them (the digest in the manifest differs)",
+            "its chunks are not where shmstore wrote them (the digest in its record differs)",
         )
     file_size = os.stat(path).st_size
     chunk_nbytes = math.prod(chunks) * info.dtype.itemsize

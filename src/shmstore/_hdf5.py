@@ -18,6 +18,7 @@ import numpy as np
 from h5py import h5d, h5f, h5p, h5s, h5t, h5z
 
 from ._dtype import is_supported, unsupported_reason
+from .errors import InvalidStoreError
 from .manifest import ArrayInfo, Layout
 
 __all__ = [
@@ -85,7 +86,12 @@ def walk_datasets(file: h5py.File, skip: str) -> list[str]:
         if is_dataset(file, name) and not (name == skip or name.startswith(skip + "/")):
             found.append(name)
 
-    file.visit(visit)
+    try:
+        file.visit(visit)
+    except (RuntimeError, KeyError, OSError) as err:
+        raise InvalidStoreError(
+            f"{file.filename} is damaged: listing its datasets failed ({err})"
+        ) from err
     return sorted(found)
 
 
@@ -94,13 +100,20 @@ def is_dataset(file: h5py.File, name: str) -> bool:
 
     *name* is a relative path (``"grp/ds"``); an absolute or unnormalised
     one (``"/ds"``, ``"a//b"``, ``"a/./b"``) names no dataset of a store.
+
+    :raises InvalidStoreError: the object, or a group on its path, is there
+        but its header cannot be read (a damaged file: not "no such dataset").
     """
     if not name or name.startswith("/") or any(p in ("", ".", "..") for p in name.split("/")):
         return False
     try:
+        # A missing name gives None; an exception means a header that is there is damaged.
         return file.get(name, getclass=True) is h5py.Dataset
-    except (KeyError, ValueError, RuntimeError, OSError):  # a damaged group on the way
-        return False
+    except (KeyError, ValueError, RuntimeError, OSError) as err:
+        raise InvalidStoreError(
+            f"{file.filename} is damaged: the HDF5 object {name!r} (or a group on its path) "
+            f"cannot be read ({err}); restore the file from a copy"
+        ) from err
 
 
 def first_datasets(file: h5py.File, skip: str, limit: int) -> list[str]:
@@ -112,7 +125,8 @@ def first_datasets(file: h5py.File, skip: str, limit: int) -> list[str]:
             found.append(name)
         return True if len(found) >= limit else None
 
-    file.visit(visit)
+    with contextlib.suppress(RuntimeError, KeyError, OSError):  # a damaged file: what was found
+        file.visit(visit)
     return found
 
 
@@ -279,6 +293,15 @@ def _damage(dataset: h5py.Dataset, name: str, dtype: np.dtype[Any], strict: bool
             f"{name!r} is damaged: its HDF5 datatype is not the one shmstore writes for "
             f"{dtype} (a changed byte order, precision or bit layout would convert every value)"
         )
+    if dcpl.get_layout() == h5d.CONTIGUOUS and dcpl.get_external_count() == 0:
+        # HDF5 reads past a too-small storage size as fill values, without an error.
+        stored = dataset.id.get_storage_size()
+        nbytes = int(np.prod(dataset.shape, dtype=np.int64)) * dtype.itemsize
+        if stored not in (0, nbytes):  # 0: never written, read as fill values
+            return (
+                f"{name!r} is damaged: its header says {stored} bytes of data are stored, "
+                f"its shape {dataset.shape} and dtype {dtype} need {nbytes}"
+            )
     return None
 
 

@@ -11,6 +11,11 @@ removed.  Finding a journal means a writer died mid-change: :func:`rollback`
 puts every saved byte back and restores the old size, giving the file exactly
 as it was before the change.
 
+A change that creates a file beside the HDF5 file (an appendable dataset's
+raw file) names it in the journal before creating it, and :func:`rollback`
+removes it: a rolled-back change leaves no file behind that nothing refers
+to, and no walk of the datasets is needed to find one.
+
 Only what HDF5 actually overwrites is saved (metadata, a few KiB), never the
 new data, which lands past the old end of the file.  Ranges the caller
 declares *expendable* (the data of datasets already moved to the trash) are
@@ -26,6 +31,7 @@ guaranteed to roll back (the journal is not flushed record by record).
 from __future__ import annotations
 
 import io
+import logging
 import os
 import struct
 from collections.abc import Iterable
@@ -39,9 +45,14 @@ if TYPE_CHECKING:
 
 __all__ = ["JournalingFile", "journal_path", "rollback"]
 
+_log = logging.getLogger("shmstore")
+
 _MAGIC = b"shmstore-undo-journal-1\n"
 _SIZE = struct.Struct("<Q")
 _RECORD = struct.Struct("<QQ")
+# A record at this offset names (UTF-8, relative to the file's directory) a
+# file the change creates, instead of holding saved bytes.
+_CREATED = (1 << 64) - 1
 
 
 def journal_path(path: Path) -> Path:
@@ -113,6 +124,14 @@ class JournalingFile(io.RawIOBase):
             # and its bytes were not overwritten yet.
             os.write(self._jfd, _RECORD.pack(lo, len(old)) + old)
         self._skip = _merge([*self._skip, (start, stop)])
+
+    def created(self, path: Path) -> None:
+        """Note that the change is about to create *path*; call before creating it.
+
+        :param path: a file in the directory of the HDF5 file or below it.
+        """
+        name = os.fsencode(os.path.relpath(path, self._journal_path.parent))
+        os.write(self._jfd, _RECORD.pack(_CREATED, len(name)) + name)
 
     def commit(self, *, durable: bool = False) -> None:
         """The change is complete and closed: drop the journal.
@@ -197,6 +216,7 @@ def rollback(path: Path) -> bool:
     except FileNotFoundError:
         return False
     header = len(_MAGIC) + _SIZE.size
+    created: list[Path] = []
     if len(journal) >= header and journal.startswith(_MAGIC):
         (size0,) = _SIZE.unpack_from(journal, len(_MAGIC))
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
@@ -207,11 +227,20 @@ def rollback(path: Path) -> bool:
                 pos += _RECORD.size
                 if pos + length > len(journal):
                     break  # the last record is short: its bytes were never overwritten
-                os.pwrite(fd, journal[pos : pos + length], offset)
+                if offset == _CREATED:
+                    created.append(jpath.parent / os.fsdecode(journal[pos : pos + length]))
+                else:
+                    os.pwrite(fd, journal[pos : pos + length], offset)
                 pos += length
             os.ftruncate(fd, size0)
         finally:
             os.close(fd)
+        for file in created:
+            # Before the journal goes: an interrupted rollback is repeated.
+            try:
+                file.unlink(missing_ok=True)
+            except OSError as err:  # a read-only directory: the file is only wasted space
+                _log.warning("%s: cannot remove %s of a rolled-back change: %s", path, file, err)
     # A journal without a complete header was cut before any write of the file.
     os.unlink(jpath)
     return True

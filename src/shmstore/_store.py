@@ -199,8 +199,8 @@ class Store:
         self._lock = StoreLock(self.path, write=self.writable, timeout=lock_timeout)
         # The finaliser closes whichever h5py.File is current: a change swaps it.
         self._handle: dict[str, h5py.File] = {}
-        self._rolled_back = False
-        self._journaled = False
+        # The journal of the change under way (see _change), else None.
+        self._journaled: JournalingFile | None = None
         try:
             if exists:
                 self._recover(lock_timeout)
@@ -247,7 +247,6 @@ class Store:
                 ) from err
         try:
             if rollback(self.path):
-                self._rolled_back = True
                 _log.warning("%s: rolled back a write or delete whose writer died", self.path)
         except OSError as err:
             raise InvalidStoreError(
@@ -415,19 +414,12 @@ class Store:
 
         A change moves what it replaces or deletes to the trash inside its
         journaled step, then removes the raw files and empties the trash;
-        a writer killed in between left them there.  Raw files no dataset
-        refers to can only be left by a change that was rolled back, so
-        they are looked for (a walk of every dataset) only then.
+        a writer killed in between left them there.  (Raw files of a change
+        that was rolled back are removed by the rollback: the journal names
+        them.)
         """
         if len(self._file.get(_TMP_GROUP, ())) > 0:
             self._empty_trash()
-        if not self._rolled_back or not _raw.raw_dir(self.path).is_dir():
-            return
-        referenced: set[Path] = set()
-        for name in _hdf5.walk_datasets(self._file, skip=""):
-            dataset = _hdf5.open_dataset(self._file, name)
-            referenced.update(p for p, _, _ in _hdf5.external_files(dataset, self.path.parent))
-        _raw.remove_orphans(self.path, referenced)
 
     @staticmethod
     def _release(handle: dict[str, h5py.File], lock: StoreLock) -> None:
@@ -876,8 +868,8 @@ class Store:
         """Write *info* as its dataset's record: in place, or journaled when it must grow."""
         record = _metadata.record_of(info)
         dataset = _hdf5.open_dataset(self._file, info.name)
-        if _metadata.fits(dataset, record) or self._journaled:
-            _metadata.write_record(self._file, dataset, record, flush=not self._journaled)
+        if _metadata.fits(dataset, record) or self._journaled is not None:
+            _metadata.write_record(self._file, dataset, record, flush=self._journaled is None)
         else:
             with self._change():
                 dataset = _hdf5.open_dataset(self._file, info.name)
@@ -905,7 +897,7 @@ class Store:
         On an exception the file is rolled back and the store's state restored.
         A store of metadata format 1 is migrated first, in a change of its own.
         """
-        if self._journaled:  # already inside one: the outer change covers this
+        if self._journaled is not None:  # already inside one: the outer change covers this
             yield
             return
         if self._format == 1:
@@ -918,7 +910,7 @@ class Store:
         journaled = JournalingFile(self.path, expendable or ())
         try:
             self._handle["file"] = h5py.File(journaled, "r+")
-            self._journaled = True
+            self._journaled = journaled
             yield
             self._file.close()
             journaled.commit(durable=self.durable)
@@ -931,7 +923,7 @@ class Store:
             self._chunk_indexes.clear()
             raise
         finally:
-            self._journaled = False
+            self._journaled = None
             journaled.close()
             self._handle.pop("file", None)  # reopened when next used (see _file)
 
@@ -1176,6 +1168,8 @@ class Store:
     ) -> None:
         group = self._file.require_group(_TMP_GROUP)
         data = np.ascontiguousarray(arr)
+        if self._journaled is not None:  # a rollback of the change removes the file
+            self._journaled.created(self.path.parent / raw_name)
         self._write_raw(self.path.parent / raw_name, 0, data, name)
         if self.durable:
             fsync_dir(_raw.raw_dir(self.path))  # the raw file's name

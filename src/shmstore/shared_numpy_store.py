@@ -576,7 +576,11 @@ class SharedNumpyStore:
             return store.names()
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name in self.names()
+        # One look-up, not a listing: as cheap with 10 arrays as with 100,000.
+        if not isinstance(name, str) or not self.path.exists():
+            return False
+        with self._open("r") as store:
+            return name in store
 
     # -- writing ------------------------------------------------------------------
 
