@@ -32,12 +32,13 @@ class Settings:
     workers: tuple[int, ...]
     stampede: int
     import_repeat: int
+    metadata_datasets: int
 
 
 def settings(quick: bool, repeat: int | None) -> Settings:
     if quick:
         return Settings(
-            True, repeat or 3, {"1 MiB": MiB, "16 MiB": 16 * MiB}, 64 * MiB, (1, 2, 4), 4, 5
+            True, repeat or 3, {"1 MiB": MiB, "16 MiB": 16 * MiB}, 64 * MiB, (1, 2, 4), 4, 5, 1000
         )
     return Settings(
         False,
@@ -47,6 +48,7 @@ def settings(quick: bool, repeat: int | None) -> Settings:
         (1, 2, 4, 8),
         8,
         15,
+        10_000,
     )
 
 

@@ -25,6 +25,7 @@ import h5py
 import numpy as np
 from _common import Results, Settings, settings
 from _imports import IMPORT_HEADER, imports
+from _metadata import METADATA_HEADER, metadata_scale
 from _procs import MEMORY_HEADER, memory, stampede
 from _speed import ATTACH_HEADER, CHUNKED_HEADER, attach, cold_chunked, cold_contiguous
 
@@ -35,6 +36,7 @@ ITEMS: dict[str, tuple[str, Callable[[Settings, Results], None], str]] = {
     "4": ("Node memory for N workers using one slice", memory, MEMORY_HEADER),
     "5": ("Stampede on one uncached slice", stampede, ""),
     "6": ("Import time", imports, IMPORT_HEADER),
+    "7": ("Metadata cost against the number of datasets", metadata_scale, METADATA_HEADER),
 }
 
 

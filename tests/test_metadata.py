@@ -163,6 +163,7 @@ def _run_killed_at(nth: int, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 @needs_strace
 def test_a_migration_killed_at_any_write_leaves_format1_or_format2_never_a_mix(
     tmp_path: Path,
@@ -252,6 +253,7 @@ def test_a_change_to_one_dataset_leaves_the_records_of_the_others_alone(tmp_path
         assert store.info("a") == before
 
 
+@pytest.mark.slow
 def test_a_store_holds_twenty_thousand_datasets(tmp_path: Path) -> None:
     path = tmp_path / "many.h5"
     row = np.arange(4, dtype="<i4")

@@ -143,7 +143,7 @@ def open_file(path: Path, mode: str) -> h5py.File:
 
     :raises OSError: as h5py raises it (see :func:`open_problem`).
     """
-    first: OSError | None = None
+    refused: list[OSError] = []
     for locking in (None, False, True, "best-effort"):
         try:
             return h5py.File(path, mode, locking=locking)
@@ -153,9 +153,8 @@ def open_file(path: Path, mode: str) -> h5py.File:
                 return h5py.File(path, mode, locking=False)  # no flock on this file system
             if "flag values don't match" not in text:
                 raise
-            first = first or err  # opened in this process with other flags: try those
-    assert first is not None
-    raise first
+            refused.append(err)  # opened in this process with other flags: try those
+    raise refused[0]
 
 
 def open_problem(err: OSError, path: Path) -> tuple[str, bool] | None:
