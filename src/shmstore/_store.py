@@ -1,6 +1,6 @@
 """The store: numpy arrays in one HDF5 file.
 
-Crash behaviour (DESIGN.md invariant 8) rests on four choices made here:
+Crash behaviour (docs/design.md, "The undo journal") rests on four choices made here:
 
 * Files are written in the HDF5 1.6 file format (h5py's default ``libver``):
   later formats mark the superblock "open for writing" and refuse to open a
