@@ -89,7 +89,7 @@ needs_strace = pytest.mark.skipif(
 )
 
 
-def _run_killed_at(nth: int, *args: str) -> subprocess.CompletedProcess[str]:
+def run_killed_at(nth: int, *args: str) -> subprocess.CompletedProcess[str]:
     """Run the writer with ``args``, SIGKILLed by strace at its *nth* ``pwrite``."""
     assert STRACE is not None
     return subprocess.run(
@@ -131,7 +131,7 @@ def test_invariant_8_kill_9_at_every_write_of_an_append_keeps_acknowledged_rows(
     killed = 0
     interrupted = 0
     for nth in range(1, 41):
-        proc = _run_killed_at(nth, str(path), "x", "2")
+        proc = run_killed_at(nth, str(path), "x", "2")
         acks = [int(line) for line in proc.stdout.split() if line.isdigit()]
         killed += proc.returncode != 0
         acknowledged_total = max([acknowledged_total, *acks])
@@ -159,7 +159,7 @@ def test_kill_9_at_every_write_of_an_overwrite_or_delete_keeps_old_or_new_data_w
         store.write("keep", expected_rows(0, 4))
     acknowledged = 1
     for nth in range(1, 61):
-        proc = _run_killed_at(nth, str(path), "x", "overwrite")
+        proc = run_killed_at(nth, str(path), "x", "overwrite")
         acks = [int(line) for line in proc.stdout.split() if line.isdigit()]
         acknowledged = max([acknowledged, *acks])
         with shmstore.open(path, "r") as store:

@@ -9,7 +9,6 @@ store written by shmstore 0.1.0 itself.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from shmstore._format1 import BACKUP_ATTR, MANIFEST_ATTR
 from shmstore._metadata import RECORD_ATTR, RECORD_BACKUP_ATTR, STORE_ATTR
 
 from ._children_writer import generation
-from .test_crash_writer import WRITER, needs_strace
+from .test_crash_writer import needs_strace, run_killed_at
 
 FORMAT1 = Path(__file__).with_name("data") / "format1"
 FORMAT1_ARRAYS = {
@@ -138,31 +137,6 @@ def test_a_format1_manifest_damaged_in_both_copies_refuses_the_store(format1: Pa
         shmstore.open(format1)
 
 
-def _run_killed_at(nth: int, *args: str) -> subprocess.CompletedProcess[str]:
-    """The writer run with ``args``, SIGKILLed by strace at its *nth* ``pwrite``."""
-    strace = shutil.which("strace")
-    assert strace is not None
-    return subprocess.run(
-        [
-            strace,
-            "-o",
-            os.devnull,
-            "-e",
-            "trace=pwrite64",
-            "-e",
-            f"inject=pwrite64:signal=SIGKILL:when={nth}",
-            sys.executable,
-            str(WRITER),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(WRITER.parent)},
-    )
-
-
 @pytest.mark.slow
 @needs_strace
 def test_a_migration_killed_at_any_write_leaves_format1_or_format2_never_a_mix(
@@ -174,7 +148,7 @@ def test_a_migration_killed_at_any_write_leaves_format1_or_format2_never_a_mix(
         shutil.rmtree(tmp_path / "format1", ignore_errors=True)
         shutil.copytree(FORMAT1, tmp_path / "format1")
         path = tmp_path / "format1" / "format1.h5"
-        finished = _run_killed_at(nth, str(path), "new", "migrate").returncode == 0
+        finished = run_killed_at(nth, str(path), "new", "migrate").returncode == 0
         assert_format1_intact_or_written(path)
         with shmstore.open(path) as store:
             version = store.format_version
