@@ -145,6 +145,7 @@ def test_an_empty_slice_is_served(cache: shmstore.Cache, origin: Path) -> None:
 # -- invariant 2 -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_invariant_2_a_killed_loader_leaves_nothing_that_can_be_attached(
     cache: shmstore.Cache, origin: Path
 ) -> None:

@@ -59,6 +59,7 @@ def _check_survivors(path: Path, name: str, acknowledged: int) -> int:
         return info.rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "batch"),
     [("external", 7), ("small_batches", 1)],
@@ -113,6 +114,7 @@ def run_killed_at(nth: int, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 @needs_strace
 def test_invariant_8_kill_9_at_every_write_of_an_append_keeps_acknowledged_rows(
     tmp_path: Path,
@@ -144,6 +146,7 @@ def test_invariant_8_kill_9_at_every_write_of_an_append_keeps_acknowledged_rows(
     assert interrupted > 0, "no kill landed between an append's extent and its manifest"
 
 
+@pytest.mark.slow
 @needs_strace
 def test_kill_9_at_every_write_of_an_overwrite_or_delete_keeps_old_or_new_data_whole(
     tmp_path: Path,

@@ -83,6 +83,7 @@ def _as_nobody(fn: Callable[[], Any]) -> Any:
 # -- kill -9 at random moments ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("kind", "delay", "stores"),
     [("mixed", 0.4, 5), ("chunked-unlimited", 0.15, 3)],
@@ -110,6 +111,7 @@ with shmstore.open(sys.argv[1], "a") as store:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not (
         STRACE and subprocess.run([STRACE, "-o", os.devnull, "true"], check=False).returncode == 0

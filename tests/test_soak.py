@@ -33,6 +33,7 @@ def cache_dir() -> Iterator[str]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_soak_finds_no_failure_hang_leak_or_lost_row(tmp_path: Path) -> None:
     settings = Settings(quick=True, seed=8, workdir=str(tmp_path), soak_seconds=SECONDS)
     rows, ops = soak.soak(settings)
