@@ -29,6 +29,7 @@ import shmstore
 from shmstore import shared_numpy_store as sns
 
 from . import _children_sns as children
+from .dtype_strategies import FIXED_DTYPES, array_of, field_bytes
 
 pytest_plugins = ["tests.cache_fixtures"]
 
@@ -127,6 +128,32 @@ def test_any_array_saved_and_appended_loads_back_in_every_mode(
             assert loaded.dtype == arr.dtype
             assert loaded.tobytes() == expected.tobytes()
             assert loaded.shape == expected.shape
+        store.close()
+
+
+@given(dtype=FIXED_DTYPES, seed=st.integers(0, 2**32 - 1), autoflush=st.booleans())
+def test_every_fixed_size_dtype_round_trips_byte_for_byte_in_every_load_mode(
+    dtype: np.dtype[Any], seed: int, autoflush: bool
+) -> None:
+    """Unicode, datetimes, raw bytes and records of them, as the original saved them."""
+    parts = [array_of(dtype, (3, 2), seed), array_of(dtype, (2, 2), seed + 1)]
+    parts.append(array_of(dtype, (1, 2), seed + 2))
+    with (
+        tempfile.TemporaryDirectory() as directory,
+        tempfile.TemporaryDirectory(dir="/dev/shm") as cache_dir,
+    ):
+        cache = shmstore.Cache(directory=Path(cache_dir) / "cache", budget="64M")
+        store = sns.SharedNumpyStore(directory, cache=cache)
+        store.save(parts[0], "a")
+        store.append_save(parts[1], "a", autoflush=autoflush)
+        store.append_save(parts[2], "a", autoflush=autoflush)
+        store.flush()
+        for mode in ("shared_memory", "memmap", "memory"):
+            loaded = store.load("a", mode, allow_create_shm=True)
+            assert loaded.dtype == dtype
+            assert loaded.shape == (6, 2)
+            for part, got in zip(parts, np.split(loaded, [3, 5]), strict=True):
+                assert field_bytes(got) == field_bytes(part)
         store.close()
 
 

@@ -48,6 +48,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError, model_validator
 
 from ._dtype import DType
+from ._dtype import empty as new_empty
 from .errors import ArgumentError, LockTimeoutError, SegmentError
 
 __all__ = [
@@ -503,7 +504,7 @@ def map_writable(fd: int, header: SegmentHeader) -> tuple[mmap.mmap | None, np.n
     is illegal); the array is then a private empty one.
     """
     if header.nbytes == 0:
-        return None, np.empty(header.shape, dtype=header.dtype)
+        return None, new_empty(header.shape, header.dtype)
     mapping = mmap.mmap(fd, header.nbytes, flags=mmap.MAP_SHARED, offset=header.data_offset)
     return mapping, np.frombuffer(mapping, dtype=header.dtype).reshape(header.shape)
 
@@ -522,10 +523,12 @@ def map_readonly(fd: int, header: SegmentHeader) -> tuple[object, np.ndarray[Any
     if header.nbytes == 0:
         # No pages to map, but the segment is in use all the same: a duplicate
         # descriptor keeps the shared lock until the array is garbage.
+        # An array that owns its (no) bytes, so that every view keeps it, and
+        # the descriptor, alive; viewed as the dtype (see _dtype.empty).
         empty = np.empty(header.shape, dtype=header.dtype)
         empty.flags.writeable = False
         weakref.finalize(empty, os.close, os.dup(fd))
-        return empty, empty.view()
+        return empty, view_of(empty, header)
     mapping = mmap.mmap(
         fd, header.nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=header.data_offset
     )
@@ -539,7 +542,7 @@ def view_of(base: object, header: SegmentHeader) -> np.ndarray[Any, Any]:
     ``dtype`` attributes in place affects no one else); all share the pages.
     """
     if isinstance(base, np.ndarray):
-        same: np.ndarray[Any, Any] = base.view()
+        same: np.ndarray[Any, Any] = base.view(header.dtype)
         return same
     array: np.ndarray[Any, Any] = np.ndarray(
         header.shape, dtype=header.dtype, buffer=cast(mmap.mmap, base)

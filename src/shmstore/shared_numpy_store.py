@@ -57,6 +57,7 @@ from ._diskarray import (
     parse_shape,
 )
 from ._dtype import check_supported, dtype_to_spec
+from ._dtype import empty as new_empty
 from ._fill import FileBlock
 from ._handle import Handle, cache_for
 from ._load import BLOCK_BYTES
@@ -221,7 +222,8 @@ def shared_array_from_numpy(
     :raises SharedArrayExistsError: (a ``FileExistsError``) a shared array
         of that name exists: attach it with
         :func:`shared_array_from_shared_mem_name`, or unlink it first.
-    :raises UnsupportedDtypeError: a dtype holding Python objects, text or datetimes.
+    :raises UnsupportedDtypeError: a dtype holding Python objects (every fixed-size
+        dtype is shared: numbers, text, datetimes, records).
     :raises CacheFullError: no room in the cache.
     """
     source_array = np.asarray(arr)
@@ -594,7 +596,8 @@ class SharedNumpyStore:
         :raises ArgumentError: a reserved name (``Loader.pickle``,
             ``Loader.json``, one containing ``__``), or one the store refuses
             (empty, starting with ``.``); a scalar instead of an array.
-        :raises UnsupportedDtypeError: a dtype shmstore does not store.
+        :raises UnsupportedDtypeError: a dtype holding Python objects or variable-length
+            data (every fixed-size dtype is stored, unicode and datetimes too).
         """
         _check_array_name(name)
         self._pending.pop(name, None)
@@ -846,6 +849,20 @@ def _write_blocks(
         store.append(name, read(first, min(first + step, rows)))
 
 
+def _join(parts: list[np.ndarray[Any, Any]]) -> np.ndarray[Any, Any]:
+    """*parts* one after the other, of exactly their dtype.
+
+    ``np.concatenate`` returns native byte order, which changes the bytes of
+    big-endian rows (and cannot convert generic datetimes back).
+    """
+    joined = new_empty((sum(len(p) for p in parts), *parts[0].shape[1:]), parts[0].dtype)
+    first = 0
+    for part in parts:
+        joined[first : first + len(part)] = part
+        first += len(part)
+    return joined
+
+
 def _append_blocks(store: Store, name: str, parts: list[np.ndarray[Any, Any]]) -> None:
     """Append *parts* to *name* in *store*, joined into blocks of up to :data:`BLOCK_BYTES`."""
     block: list[np.ndarray[Any, Any]] = []
@@ -853,7 +870,7 @@ def _append_blocks(store: Store, name: str, parts: list[np.ndarray[Any, Any]]) -
     for part in [*parts, None]:
         if part is None or (block and size + part.nbytes > BLOCK_BYTES):
             if block:
-                store.append(name, block[0] if len(block) == 1 else np.concatenate(block))
+                store.append(name, block[0] if len(block) == 1 else _join(block))
             block, size = [], 0
         if part is not None:
             block.append(part)
