@@ -331,6 +331,30 @@ def test_reserved_names_are_refused(
     assert store.names() == []
 
 
+@pytest.mark.parametrize("name", [".hidden", "run1/voltages", "x_", "a.b-c"])
+def test_names_the_docstring_allows_are_saved_and_loaded(
+    store: sns.SharedNumpyStore, data: np.ndarray[Any, Any], name: str
+) -> None:
+    store.save(data, name)
+    np.testing.assert_array_equal(store.load(name, mode="memory"), data)
+    assert store.names() == [name]
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [("a b", "letters, digits"), ("/abs", "absolute"), ("", "empty"), ("a/../b", "'..'")],
+)
+def test_names_the_store_refuses_are_refused_at_once_also_without_autoflush(
+    store: sns.SharedNumpyStore, data: np.ndarray[Any, Any], name: str, why: str
+) -> None:
+    with pytest.raises(shmstore.ArgumentError, match=re.escape(why)):
+        store.save(data, name)
+    with pytest.raises(shmstore.ArgumentError, match=re.escape(why)):
+        store.append_save(data, name, autoflush=False)
+    store.flush()
+    assert store.names() == []
+
+
 def test_names_lists_the_saved_arrays(
     store: sns.SharedNumpyStore, data: np.ndarray[Any, Any]
 ) -> None:

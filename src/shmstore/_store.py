@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from ._handle import Handle
     from ._segment import SegmentSource
 
-__all__ = ["Mode", "Store", "ViewMode", "check_rows_fit", "open_store"]
+__all__ = ["Mode", "Store", "ViewMode", "check_name", "check_rows_fit", "open_store"]
 
 _log = logging.getLogger("shmstore")
 
@@ -89,8 +89,13 @@ def _in_tmp(name: str) -> bool:
     return name.split("/", 1)[0] == _TMP_GROUP
 
 
-def _check_name(name: object) -> str:
-    """The dataset path *name*, checked to stay a plain path inside the file."""
+def check_name(name: object) -> str:
+    """The dataset path *name*, checked to stay a plain path inside the file.
+
+    :raises ArgumentError: not a str, empty, absolute, an empty, ``.`` or ``..``
+        component, characters other than letters, digits, ``_ . -`` and ``/``,
+        or shmstore's own scratch group.
+    """
     if not isinstance(name, str):
         raise ArgumentError(f"a dataset name must be a str, got {type(name).__name__} {name!r}")
     problem = None
@@ -1078,7 +1083,7 @@ class Store:
             timedelta64 as HDF5 opaque data, see ``docs/design.md``).
         """
         self._check_writable(f"write {name!r}")
-        _check_name(name)
+        check_name(name)
         arr = _as_rows(array, f"array for {name!r}")
         exists = name in self
         if exists and not overwrite:
@@ -1221,7 +1226,7 @@ class Store:
         """
         self._check_writable(f"append to {name!r}")
         if name not in self:
-            _check_name(name)
+            check_name(name)
             return self.write(name, rows, appendable=True)
         info = self.info(name)
         arr = _as_rows(rows, f"rows appended to {name!r}")

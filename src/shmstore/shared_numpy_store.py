@@ -64,7 +64,7 @@ from ._load import BLOCK_BYTES
 from ._rows import resolve_rows
 from ._segment import FileIdentity, SegmentHeader, SegmentSource, segment_key
 from ._signals import Uninterruptible
-from ._store import Store, check_rows_fit, open_store
+from ._store import Store, check_name, check_rows_fit, open_store
 from .errors import (
     ArgumentError,
     ArrayNotFoundError,
@@ -470,7 +470,7 @@ def _check_array_name(name: object) -> str:
             f"{name!r} contains '__', which the original shared_numpy_store reserves in its "
             "file names; choose a name without a double underscore"
         )
-    return name
+    return check_name(name)
 
 
 def _reopen(working_dir: str, cache: Cache | None) -> SharedNumpyStore:
@@ -594,8 +594,12 @@ class SharedNumpyStore:
         and not yet flushed are dropped (the new array replaces them too).
 
         :raises ArgumentError: a reserved name (``Loader.pickle``,
-            ``Loader.json``, one containing ``__``), or one the store refuses
-            (empty, starting with ``.``); a scalar instead of an array.
+            ``Loader.json``, one containing ``__``), or one the store refuses:
+            empty, starting with ``/``, with an empty, ``.`` or ``..`` part, or
+            with characters other than letters, digits, ``_``, ``.``, ``-``
+            and ``/`` (which makes groups: ``"run1/voltages"``).  Names
+            starting with ``.`` are allowed (``".hidden"``); a scalar
+            instead of an array is refused.
         :raises UnsupportedDtypeError: a dtype holding Python objects or variable-length
             data (every fixed-size dtype is stored, unicode and datetimes too).
         """
@@ -614,7 +618,8 @@ class SharedNumpyStore:
         :raises LayoutError: (a ``ValueError``) rows of another trailing
             shape than the array's.
         :raises UnsupportedDtypeError: (a ``TypeError``) rows of another dtype than the array's.
-        :raises ArgumentError: a reserved or refused name, or a scalar.
+        :raises ArgumentError: a reserved or refused name (as :meth:`save`), or a
+            scalar; checked now, also with ``autoflush=False``.
         """
         _check_array_name(name)
         rows = np.array(arr, copy=True)  # the caller may reuse its buffer before the flush
