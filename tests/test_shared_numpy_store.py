@@ -6,6 +6,7 @@ Tests marked "regression" each pin one defect of the original module.
 
 from __future__ import annotations
 
+import importlib
 import json
 import multiprocessing
 import os
@@ -702,6 +703,56 @@ def test_dump_then_loader_get_gives_the_store_of_the_directory(
     np.testing.assert_array_equal(
         sns.Loader().get(savedir).load("x", mode="memory", start_row=3), data[3:]
     )
+
+
+def _data_base_load(savedir: Path) -> object:
+    """The data base's own ``load(savedir)``, step for step, as the framework does it."""
+    with (savedir / "Loader.json").open() as f:
+        loader_init_kwargs = json.load(f)
+    loader = loader_init_kwargs["Loader"]
+    del loader_init_kwargs["Loader"]
+    if (savedir / "object_meta.json").exists():
+        loader_init_kwargs["meta"] = json.loads((savedir / "object_meta.json").read_text())
+    myloader = importlib.import_module(loader).Loader(**loader_init_kwargs)
+    return myloader.get(str(savedir))
+
+
+@pytest.mark.parametrize("with_meta", [False, True], ids=["no-meta", "object_meta.json"])
+def test_the_data_bases_own_load_gives_the_dumped_store(
+    tmp_path: Path, data: np.ndarray[Any, Any], with_meta: bool
+) -> None:
+    savedir = tmp_path / "db"
+    store = sns.SharedNumpyStore(savedir)
+    store.save(data, "x")
+    sns.dump(store, savedir)
+    if with_meta:
+        (savedir / "object_meta.json").write_text('{"time": 1715000000, "dumper": "sns"}')
+    loaded = _data_base_load(savedir)
+    assert isinstance(loaded, sns.SharedNumpyStore)
+    np.testing.assert_array_equal(loaded.load("x", mode="memory"), data)
+
+
+def test_the_loader_keeps_the_meta_the_data_base_passes() -> None:
+    meta = {"time": 1715000000, "dumper": "sns"}
+    assert sns.Loader(meta=meta).meta == meta
+    assert sns.Loader().meta is None
+
+
+@pytest.mark.parametrize(
+    ("description", "named"),
+    [
+        ({"format_version": 2}, "format_version"),
+        ({"store": "other.h5"}, "store"),
+        ({"format": "npy"}, "format"),
+        ({"unknown": 1}, "unknown"),
+    ],
+    ids=["newer-version", "other-store", "other-format", "unknown-key"],
+)
+def test_the_loader_refuses_a_description_dump_does_not_write(
+    description: dict[str, object], named: str
+) -> None:
+    with pytest.raises(shmstore.ManifestError, match=rf"{named}.*dump\(None, savedir\)"):
+        sns.Loader(**description)
 
 
 def test_dump_of_a_store_elsewhere_copies_its_arrays(

@@ -984,7 +984,41 @@ def _read_description(savedir: str | os.PathLike[str]) -> LoaderDescription:
 
 
 class Loader:
-    """The data base's loader of a directory :func:`dump` made."""
+    """The data base's loader of a directory :func:`dump` made.
+
+    The data base loads a dumped object by reading ``Loader.json``, taking
+    out its ``"Loader"`` key, importing that module and calling
+    ``Loader(**rest).get(savedir)``, with ``meta=`` added when an
+    ``object_meta.json`` lies beside it.  This class takes exactly that:
+    the other keys :func:`dump` writes (``format``, ``format_version``,
+    ``store``; each may be omitted, ``Loader()`` works) and ``meta``.
+
+    :param meta: the object's metadata the data base read from
+        ``object_meta.json``; kept as :attr:`meta`, not used.
+    :raises ManifestError: (a ``ValueError``) a key :func:`dump` does not
+        write, or a value it does not write (another format or version).
+    """
+
+    def __init__(self, meta: object = None, **description: object) -> None:
+        self.meta = meta
+        """What the data base passed as ``meta`` (``None`` when it passed nothing)."""
+        try:
+            LoaderDescription.model_validate(
+                {"Loader": "shmstore.shared_numpy_store", **description}
+            )
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'the top'}: {e['msg']}" for e in err.errors()
+            )
+            raise ManifestError(
+                f"Loader() takes the keys dump() writes into {LOADER_FILE} (format, "
+                f"format_version, store) and meta; got {sorted(description)} ({problems}): "
+                "write the description again with "
+                "shmstore.shared_numpy_store.dump(None, savedir)"
+            ) from err
+
+    def __repr__(self) -> str:
+        return "Loader()" if self.meta is None else f"Loader(meta={self.meta!r})"
 
     def get(self, savedir: str | os.PathLike[str]) -> SharedNumpyStore:
         """The :class:`SharedNumpyStore` of *savedir*, after checking its ``Loader.json``.
