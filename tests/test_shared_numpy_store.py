@@ -401,19 +401,22 @@ def test_import_original_saves_the_originals_raw_files_into_the_store(
     store = sns.SharedNumpyStore(directory)
     with pytest.raises(ValueError, match="import_original"):
         store.load("voltages", mode="memory")
-    assert store.import_original() == ["ids", "spikes", "voltages"]
+    assert store.import_original().imported == ["ids", "spikes", "voltages"]
     np.testing.assert_array_equal(store.load("voltages", mode="memmap"), data)
     np.testing.assert_array_equal(store.load("ids", mode="memory"), np.arange(7, dtype="int32"))
     np.testing.assert_array_equal(store.load("spikes", mode="memory"), data[:2])
     store.append_save(data[:1], "voltages")  # appendable, as the original's files were
-    assert store.import_original() == []  # already there: skipped
+    again = store.import_original()
+    assert again.imported == []
+    assert {f.name for f in again.skipped} == {"ids", "spikes", "voltages"}  # already there
 
 
 def test_import_original_refuses_a_file_shorter_than_its_name_says(tmp_path: Path) -> None:
     (tmp_path / "short__10_3__float64").write_bytes(bytes(16))
     store = sns.SharedNumpyStore(tmp_path)
-    with pytest.raises(shmstore.ArgumentError, match="shorter than the 240"):
-        store.import_original()
+    (refused,) = store.import_original().refused
+    assert (refused.file, refused.name) == ("short__10_3__float64", "short")
+    assert re.search(r"16 bytes, fewer than the 240 its name promises.*damaged", refused.reason)
     assert store.names() == []
 
 

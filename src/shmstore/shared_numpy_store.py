@@ -33,10 +33,10 @@ what the original got wrong:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import re
 import secrets
 import warnings
 import weakref
@@ -61,6 +61,7 @@ from ._dtype import empty as new_empty
 from ._fill import FileBlock
 from ._handle import Handle, cache_for
 from ._load import BLOCK_BYTES
+from ._original import Original, originals_named, scan
 from ._rows import resolve_rows
 from ._segment import FileIdentity, SegmentHeader, SegmentSource, segment_key
 from ._signals import Uninterruptible
@@ -72,6 +73,7 @@ from .errors import (
     ManifestError,
     SegmentError,
     SegmentNotFoundError,
+    ShmStoreError,
     StoreNotFoundError,
     UnsupportedDtypeError,
 )
@@ -80,9 +82,12 @@ __all__ = [
     "LOADER_FILE",
     "STORE_FILE",
     "ArrayNotInStoreError",
+    "ImportReport",
     "Loader",
     "LoaderDescription",
     "NotInSharedMemoryError",
+    "OriginalFile",
+    "OriginalNotImportedError",
     "SharedArrayExistsError",
     "SharedArrayHandle",
     "SharedNumpyStore",
@@ -105,7 +110,6 @@ _RESERVED_NAMES = ("Loader.pickle", "Loader.json")  # the data base's own files
 _LOAD_MODES = ("shared_memory", "memmap", "memory")
 _NAME_LIMIT = 255  # characters in the name of a shared array
 # The original kept each array in a raw file named <name>__<shape joined by _>__<dtype>.
-_ORIGINAL_FILE = re.compile(r"(?P<name>.+?)__(?P<shape>[0-9_]*?)__(?P<dtype>[^_].*)")
 
 
 # -- errors -------------------------------------------------------------------------
@@ -124,6 +128,66 @@ class ArrayNotInStoreError(ArrayNotFoundError, ValueError):
 
 class SharedArrayExistsError(SegmentError, FileExistsError):
     """A shared array of that name exists already (with other contents)."""
+
+
+class OriginalNotImportedError(ShmStoreError, FileExistsError):
+    """A file of the original module holds the array being written, and it is not imported.
+
+    Writing the name would hide the file's rows: run
+    :meth:`SharedNumpyStore.import_original` first.
+    """
+
+
+# -- what import_original did ----------------------------------------------------------
+
+_Outcome = Literal["imported", "skipped", "refused"]
+
+
+class OriginalFile(BaseModel):
+    """One file of the original module, and what :meth:`SharedNumpyStore.import_original` did.
+
+    :param file: the file's name in the working directory.
+    :param name: the array its name says it holds (``None`` when it says none).
+    :param outcome: ``"imported"``, ``"skipped"`` (in the store already, or
+        no array) or ``"refused"`` (an array that cannot be imported until
+        fixed; :attr:`reason` says what to do).
+    :param reason: why, in words.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    file: str
+    name: str | None
+    outcome: _Outcome
+    reason: str
+
+
+class ImportReport(BaseModel):
+    """What :meth:`SharedNumpyStore.import_original` did with each file, by file name."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    files: tuple[OriginalFile, ...] = ()
+
+    @property
+    def imported(self) -> list[str]:
+        """The names of the arrays imported, sorted."""
+        return sorted(f.name for f in self.files if f.outcome == "imported" and f.name)
+
+    @property
+    def skipped(self) -> list[OriginalFile]:
+        """The files skipped: arrays in the store already, and files that hold no array."""
+        return [f for f in self.files if f.outcome == "skipped"]
+
+    @property
+    def refused(self) -> list[OriginalFile]:
+        """The files that could not be imported, each with what to do."""
+        return [f for f in self.files if f.outcome == "refused"]
+
+    def __str__(self) -> str:
+        if not self.files:
+            return "no files of the original shared_numpy_store"
+        return "\n".join(f"{f.file}: {f.outcome} ({f.reason})" for f in self.files)
 
 
 # -- shared arrays by name ---------------------------------------------------------
@@ -549,7 +613,7 @@ class SharedNumpyStore:
             hint = (
                 ", but files of the original shared_numpy_store are: import them with "
                 "import_original()"
-                if _original_files(self.path.parent)
+                if scan(self.path.parent)
                 else ""
             )
             raise ArrayNotInStoreError(
@@ -559,7 +623,7 @@ class SharedNumpyStore:
     def _require(self, store: Store, name: str) -> None:
         if name not in store:
             known = ", ".join(repr(n) for n in store.names()[:20]) or "none"
-            original = _original_files(self.path.parent).get(name)
+            original = originals_named(self.path.parent, name)
             hint = (
                 f"; {original[0].name} there was written by the original shared_numpy_store: "
                 "import it with import_original()"
@@ -586,6 +650,25 @@ class SharedNumpyStore:
 
     # -- writing ------------------------------------------------------------------
 
+    def _refuse_hiding(self, name: str) -> None:
+        """Refuse to write *name* while a file of the original holds it and the store does not.
+
+        The write would hide the file's rows: a later :meth:`import_original`
+        skips a name the store holds.  One ``scandir`` of the working
+        directory; the store is opened only when such a file is there.
+
+        :raises OriginalNotImportedError: there is such a file.
+        """
+        files = originals_named(self.path.parent, name)
+        if not files or name in self:
+            return
+        raise OriginalNotImportedError(
+            f"{files[0].name} in {self.working_dir} holds the original shared_numpy_store's "
+            f"array {name!r}, which is not in the store yet: writing {name!r} now would hide "
+            "its rows. Run import_original() first (append_save then adds to its rows), or "
+            "move the file away if its rows are not wanted"
+        )
+
     def save(self, arr: object, name: str) -> None:
         """Save *arr* as *name*, replacing an array of that name.
 
@@ -602,8 +685,12 @@ class SharedNumpyStore:
             instead of an array is refused.
         :raises UnsupportedDtypeError: a dtype holding Python objects or variable-length
             data (every fixed-size dtype is stored, unicode and datetimes too).
+        :raises OriginalNotImportedError: (a ``FileExistsError``) a file of the
+            original module holds *name* and the store does not: run
+            :meth:`import_original` first.
         """
         _check_array_name(name)
+        self._refuse_hiding(name)
         self._pending.pop(name, None)
         with self._open("a") as store:
             store.write(name, arr, appendable=True, overwrite=True)
@@ -620,8 +707,11 @@ class SharedNumpyStore:
         :raises UnsupportedDtypeError: (a ``TypeError``) rows of another dtype than the array's.
         :raises ArgumentError: a reserved or refused name (as :meth:`save`), or a
             scalar; checked now, also with ``autoflush=False``.
+        :raises OriginalNotImportedError: as :meth:`save`, also with ``autoflush=False``.
         """
         _check_array_name(name)
+        if name not in self._pending:
+            self._refuse_hiding(name)
         rows = np.array(arr, copy=True)  # the caller may reuse its buffer before the flush
         if rows.ndim == 0:
             raise ArgumentError(
@@ -712,40 +802,53 @@ class SharedNumpyStore:
         if keys:
             self.cache.evict(keys)
 
-    def import_original(self) -> list[str]:
+    def import_original(self) -> ImportReport:
         """Save into this store the arrays the original module left in the working directory.
 
         The original kept each array in a raw file named
-        ``<name>__<shape>__<dtype>`` (``voltages__1000_16__float64``).  Each
-        such array not yet in the store is copied in (appendable, 64 MiB at
-        a time); arrays already in the store are skipped, and the original
-        files are left for you to remove.  Bytes past the shape in a file's
-        name (rows the original appended with ``autoflush=False`` and never
-        flushed, which it never served either) are not imported.
+        ``<name>__<shape>__<dtype>`` (``voltages__1000_16__float64``,
+        ``labels__20__<U8``, ``events__5__[('t', '<M8[ns]'), ('v', '<f4')]``).
+        Every such file is looked at and reported on; each array it can
+        import is copied in whole or not at all (appendable, as the
+        original's files were), whatever happens to the others.  Run it
+        again after fixing what it refused: what is in the store by then is
+        skipped, the rest is tried again.  The files are left for you to
+        remove.
 
-        :returns: the names imported, sorted.
-        :raises ArgumentError: a file is shorter than its name says.
+        * imported: the array, in its dtype.  Bytes past the shape in a
+          file's name (rows the original appended with ``autoflush=False``
+          and never flushed, which it never served either) are not imported,
+          and the report says how many there were.
+        * skipped: the name is in the store already; or the file is no
+          array (an unfinished ``.saving`` file, a directory, a name not of
+          the original's form).
+        * refused: a file shorter than its name says; a dtype numpy does not
+          understand or shmstore does not store; a 0-d array (the original
+          could not load those); a name the store refuses; two files holding
+          the same name; a failure while writing.
+
+        :returns: an :class:`ImportReport`: per file, by file name, what
+            happened and why; ``report.imported`` lists the names imported.
+        :raises ReadOnlyError: the store cannot be written.
         """
-        originals = _original_files(self.path.parent)
-        if not originals:
-            return []
-        existing = set(self.names())
-        imported = []
-        with self._open("a") as store:
-            for name, (path, shape, dtype) in sorted(originals.items()):
-                if name in existing or name in _RESERVED_NAMES or not shape:
-                    continue
-                size = path.stat().st_size
-                if size < expected_nbytes(shape, dtype):
-                    raise ArgumentError(
-                        f"{path} is {size} bytes, shorter than the {expected_nbytes(shape, dtype)} "
-                        f"its name promises ({shape} {dtype}): it is damaged; nothing of it "
-                        "was imported"
+        found = scan(self.path.parent)
+        outcomes: list[OriginalFile] = []
+        with contextlib.ExitStack() as stack:
+            store: Store | None = None
+            for original in found:
+                outcome: _Outcome
+                if original.problem is not None:
+                    outcome, reason = original.outcome, original.problem
+                else:
+                    if store is None:  # only now: a directory of refusals gets no store file
+                        store = stack.enter_context(self._open("a"))
+                    outcome, reason = _import_one(store, original)
+                outcomes.append(
+                    OriginalFile(
+                        file=original.path.name, name=original.name, outcome=outcome, reason=reason
                     )
-                disk = DiskArray(path, "raw", 0, dtype, shape)
-                _write_blocks(store, name, disk.memmap, shape[0], disk.row_nbytes)
-                imported.append(name)
-        return imported
+                )
+        return ImportReport(files=tuple(outcomes))
 
     # -- reading ------------------------------------------------------------------
 
@@ -820,24 +923,32 @@ class SharedNumpyStore:
         return array
 
 
-def _original_files(directory: Path) -> dict[str, tuple[Path, tuple[int, ...], np.dtype[Any]]]:
-    """The arrays the original module left in *directory*: name -> (file, shape, dtype)."""
-    found: dict[str, tuple[Path, tuple[int, ...], np.dtype[Any]]] = {}
+def _import_one(store: Store, original: Original) -> tuple[_Outcome, str]:
+    """Import the file *original* (which :func:`scan` found importable) into *store*."""
+    name, shape, dtype = original.name, original.shape, original.dtype
+    if name is None or not shape or dtype is None:  # scan refuses these: never here
+        return "refused", "its name does not say the array's name, shape and dtype"
+    if name in store:
+        info = store.info(name)
+        return "skipped", (
+            f"{name!r} is in the store already ({info.shape} {info.dtype}); remove the file "
+            "once you no longer need it"
+        )
+    disk = DiskArray(original.path, "raw", 0, dtype, shape)
     try:
-        entries = sorted(directory.iterdir())
-    except OSError:
-        return found
-    for entry in entries:
-        match = _ORIGINAL_FILE.fullmatch(entry.name)
-        if match is None or entry.name.endswith(".saving") or not entry.is_file():
-            continue
-        try:
-            shape = tuple(int(n) for n in match["shape"].split("_")) if match["shape"] else ()
-            dtype = np.dtype(match["dtype"])
-        except (TypeError, ValueError):
-            continue  # not a name the original made
-        found[match["name"]] = (entry, shape, dtype)
-    return found
+        size = original.path.stat().st_size
+        # One write, journaled: a failure or a kill leaves nothing of it in the store.
+        store.write(name, disk.memmap(0, shape[0]), appendable=True)
+    except (ShmStoreError, OSError, ValueError, TypeError) as err:
+        return "refused", f"writing it into the store failed, nothing of it was kept: {err}"
+    extra = size - original.nbytes
+    unflushed = (
+        f"; its last {extra} bytes, past the shape in its name, were not (rows appended with "
+        "autoflush=False that the original never flushed, nor served)"
+        if extra
+        else ""
+    )
+    return "imported", f"imported as {shape} {dtype}{unflushed}"
 
 
 def _write_blocks(
@@ -912,6 +1023,9 @@ def dump(obj: SharedNumpyStore | None, savedir: str | os.PathLike[str]) -> None:
         *savedir*), or a :class:`SharedNumpyStore`, whose arrays are copied
         into *savedir* when it lives elsewhere (pending rows flushed first).
     :raises ArgumentError: *obj* is anything else.
+    :raises OriginalNotImportedError: *savedir* holds a file of the original
+        module for an array of *obj* that its store lacks (the copy would hide
+        it): run ``SharedNumpyStore(savedir).import_original()`` first.
     """
     if not check(obj):
         raise ArgumentError(
@@ -920,6 +1034,8 @@ def dump(obj: SharedNumpyStore | None, savedir: str | os.PathLike[str]) -> None:
         )
     target = SharedNumpyStore(savedir)
     if isinstance(obj, SharedNumpyStore):
+        for name in [*obj.names(), *obj._pending]:
+            target._refuse_hiding(name)
         obj.flush()
         if obj.path.exists() and not (target.path.exists() and obj.path.samefile(target.path)):
             _copy_arrays(obj.path, target.path)
