@@ -14,8 +14,12 @@ what the original got wrong:
   appendable (contiguous, in a raw file beside the HDF5 file), so all three
   load modes work after :meth:`~SharedNumpyStore.save` and after
   :meth:`~SharedNumpyStore.append_save` alike.
-* Arrays in shared memory are read-only: a worker cannot corrupt what the
-  other processes of the node see.
+* Copies of saved arrays in shared memory (``load(mode="shared_memory")``,
+  :func:`shared_array_from_disk`) are read-only: a worker cannot corrupt
+  what the other processes of the node see.  Named arrays made from numpy
+  or empty (:func:`shared_array_from_numpy`, :func:`shared_array_empty`)
+  are writable, as the original's were: output buffers that workers fill
+  in place.  Concurrent writes to them are the caller's business.
 * A shared copy is never stale: ``load`` checks the files (one ``stat``
   each) and serves the current version after any change, here or in
   another process.
@@ -71,7 +75,9 @@ from .errors import (
     ArrayNotFoundError,
     LayoutError,
     ManifestError,
+    ReadOnlyError,
     SegmentError,
+    SegmentExistsError,
     SegmentNotFoundError,
     ShmStoreError,
     StoreNotFoundError,
@@ -95,6 +101,7 @@ __all__ = [
     "check",
     "dump",
     "memmap_from_disk",
+    "shared_array_empty",
     "shared_array_from_disk",
     "shared_array_from_numpy",
     "shared_array_from_shared_mem_name",
@@ -126,8 +133,8 @@ class ArrayNotInStoreError(ArrayNotFoundError, ValueError):
     """No array of that name was saved: a ``KeyError`` and, as in the original, a ``ValueError``."""
 
 
-class SharedArrayExistsError(SegmentError, FileExistsError):
-    """A shared array of that name exists already (with other contents)."""
+class SharedArrayExistsError(SegmentExistsError):
+    """A shared array of that name exists already (with other contents): a ``FileExistsError``."""
 
 
 class OriginalNotImportedError(ShmStoreError, FileExistsError):
@@ -214,17 +221,23 @@ def _cache(cache: Cache | None) -> Cache:
 class SharedArrayHandle:
     """A named array in the node's shared memory, as the ``shared_array_*`` functions return.
 
-    It keeps the array mapped, and so kept in the cache, until :meth:`close`;
-    pickled, it attaches by name in the process that unpickles it.
+    Like the original's handle (``multiprocessing.shared_memory.SharedMemory``):
+    :attr:`name`, :attr:`buf`, :attr:`size`, :meth:`close`, :meth:`unlink`.
+    It keeps the array mapped until :meth:`close`; pickled, it attaches by
+    name in the process that unpickles it, writable if it was.
 
     :ivar name: the name other processes attach with
         (:func:`shared_array_from_shared_mem_name`).
+    :ivar writable: whether this handle's array may be written.
     """
 
-    def __init__(self, name: str, array: np.ndarray[Any, Any], cache: Cache) -> None:
+    def __init__(
+        self, name: str, array: np.ndarray[Any, Any], cache: Cache, writable: bool = False
+    ) -> None:
         self.name = name
         self._cache = cache
         self._array: np.ndarray[Any, Any] | None = array
+        self.writable = writable
         self.shape: tuple[int, ...] = array.shape
         self.dtype: np.dtype[Any] = array.dtype
         self.size = array.nbytes
@@ -237,20 +250,24 @@ class SharedArrayHandle:
 
     @property
     def buf(self) -> memoryview:
-        """A read-only memoryview of the bytes.
+        """A memoryview of the bytes: writable when the handle is, else read-only.
 
         :raises ValueError: the handle is closed.
         """
         if self._array is None:
             raise ValueError(f"the handle of shared array {self.name!r} is closed")
-        return self._array.reshape(-1).view(np.uint8).data if self.size else memoryview(b"")
+        if not self.size:
+            return memoryview(bytearray() if self.writable else b"")
+        return self._array.reshape(-1).view(np.uint8).data
 
     def close(self) -> None:
         """Drop this handle's mapping (idempotent).
 
         Arrays returned with the handle stay valid while referenced: the
-        pages go when the last of them is garbage.  Once no process maps
-        the array, the cache may evict it when it needs room.
+        pages go when the last of them is garbage.  A named array stays in
+        the cache until :meth:`unlink`, or until ``shmstore evict`` or
+        ``gc`` once no process maps it; a copy of a file (made by
+        :func:`shared_array_from_disk`) may be evicted once no process maps it.
         """
         self._array = None
 
@@ -261,69 +278,122 @@ class SharedArrayHandle:
         """
         self._cache.unlink(self.key)
 
-    def __reduce__(self) -> tuple[Any, tuple[str, Cache]]:
-        return (_attach_handle, (self.name, self._cache))
+    def __reduce__(self) -> tuple[Any, tuple[str, Cache, bool]]:
+        return (_attach_handle, (self.name, self._cache, self.writable))
 
     def __repr__(self) -> str:
         state = "closed" if self._array is None else "open"
+        access = "writable" if self.writable else "read-only"
         return (
             f"<SharedArrayHandle {self.name!r}: {self.shape} {self.dtype}, "
-            f"{self.size} bytes, {state}>"
+            f"{self.size} bytes, {access}, {state}>"
         )
 
 
-def _attach_handle(name: str, cache: Cache) -> SharedArrayHandle:
-    return shared_array_from_shared_mem_name(name, cache=cache)[0]
+def _attach_handle(name: str, cache: Cache, writable: bool = False) -> SharedArrayHandle:
+    return shared_array_from_shared_mem_name(name, writable=writable, cache=cache)[0]
 
 
-def shared_array_from_numpy(
-    arr: object, name: str | None = None, *, cache: Cache | None = None
-) -> tuple[SharedArrayHandle, np.ndarray[Any, Any]]:
-    """Copy *arr* into the node's shared memory, as the shared array *name*.
-
-    :param name: what other processes attach it by; default a new unique name.
-    :returns: the handle and the read-only shared array.
-    :raises SharedArrayExistsError: (a ``FileExistsError``) a shared array
-        of that name exists: attach it with
-        :func:`shared_array_from_shared_mem_name`, or unlink it first.
-    :raises UnsupportedDtypeError: a dtype holding Python objects (every fixed-size
-        dtype is shared: numbers, text, datetimes, records).
-    :raises CacheFullError: no room in the cache.
-    """
-    source_array = np.asarray(arr)
-    check_supported(source_array.dtype, "the array")
-    name = _check_shared_name(f"shmstore-{secrets.token_hex(8)}" if name is None else name)
-    found = _cache(cache)
-    key = _name_key(name)
-
-    def exists() -> SharedArrayExistsError:
-        return SharedArrayExistsError(
-            f"a shared array named {name!r} exists already in {found.directory}: attach it "
-            f"with shared_array_from_shared_mem_name({name!r}), or unlink it first"
-        )
-
-    if found.find(key, recheck=True) is not None:
-        raise exists()
-    loaded = []
-    source = SegmentSource(
+def _memory_source(name: str, shape: tuple[int, ...]) -> SegmentSource:
+    """What a named array made in memory is: no file, its name, its rows."""
+    return SegmentSource(
         path="<memory>",
         identity=(),
         dataset=name,
         version=0,
         start=0,
-        stop=source_array.shape[0] if source_array.ndim else 0,
+        stop=shape[0] if shape else 0,
     )
-    shared = found.get(
-        source,
+
+
+def _make_named(
+    name: str | None,
+    dtype: np.dtype[Any],
+    shape: tuple[int, ...],
+    fill: Callable[[np.ndarray[Any, Any]], object] | None,
+    *,
+    writable: bool,
+    cache: Cache | None,
+) -> tuple[SharedArrayHandle, np.ndarray[Any, Any]]:
+    """Make the named array *name* in the cache (see :meth:`Cache.create`)."""
+    name = _check_shared_name(f"shmstore-{secrets.token_hex(8)}" if name is None else name)
+    found = _cache(cache)
+    try:
+        shared = found.create(
+            _name_key(name), _memory_source(name, shape), dtype, shape, fill, writable=writable
+        )
+    except SegmentExistsError as err:
+        raise SharedArrayExistsError(
+            f"a shared array named {name!r} exists already in {found.directory}: attach it "
+            f"with shared_array_from_shared_mem_name({name!r}), or unlink it first"
+        ) from err
+    return SharedArrayHandle(name, shared, found, writable), shared
+
+
+def shared_array_from_numpy(
+    arr: object,
+    name: str | None = None,
+    *,
+    writable: bool = True,
+    cache: Cache | None = None,
+) -> tuple[SharedArrayHandle, np.ndarray[Any, Any]]:
+    """Copy *arr* into the node's shared memory, as the named array *name*.
+
+    Every process of the node attaches it by name
+    (:func:`shared_array_from_shared_mem_name`) and sees the same pages:
+    with *writable*, as in the original, a write by one is seen by all
+    (output buffers that workers fill in place; who writes what, when, is
+    the caller's business: nothing is locked).  The cache's budget counts
+    it but never evicts it: it lives until ``handle.unlink()``, or
+    ``shmstore evict``/``gc`` once no process maps it, or until the cache
+    directory (``$JOB_SHMTMPDIR`` of a SLURM job) is removed.
+
+    :param name: what other processes attach it by; default a new unique name.
+    :param writable: ``False`` makes it read-only for every process (what
+        this function gave before writable arrays existed).
+    :returns: the handle and the shared array.
+    :raises SharedArrayExistsError: (a ``FileExistsError``) a shared array
+        of that name exists: attach it with
+        :func:`shared_array_from_shared_mem_name`, or unlink it first.
+    :raises UnsupportedDtypeError: a dtype holding Python objects.
+    :raises CacheFullError: no room in the cache, even after evicting every
+        unused cached copy (named arrays are not evicted).
+    """
+    source_array = np.asarray(arr)
+    check_supported(source_array.dtype, "the array")
+    return _make_named(
+        name,
         source_array.dtype,
         source_array.shape,
         lambda out: np.copyto(out, source_array),
-        key=key,
-        on_load=lambda: loaded.append(True),
+        writable=writable,
+        cache=cache,
     )
-    if not loaded:  # another process made it between our look and our lock
-        raise exists()
-    return SharedArrayHandle(name, shared, found), shared
+
+
+def shared_array_empty(
+    shape: object,
+    dtype: object = np.float64,
+    name: str | None = None,
+    *,
+    cache: Cache | None = None,
+) -> tuple[SharedArrayHandle, np.ndarray[Any, Any]]:
+    """Make a writable named array of *shape* and *dtype*, filled with zeros.
+
+    The original made such output buffers with ``SharedMemory(name,
+    create=True, size=...)`` and an ``np.ndarray`` on its buffer; this is
+    that in one call.  Shared, counted and kept as
+    :func:`shared_array_from_numpy` with ``writable=True``.
+
+    :returns: the handle and the shared array.
+    :raises SharedArrayExistsError: a shared array of that name exists.
+    :raises ArgumentError: a bad shape or dtype.
+    :raises UnsupportedDtypeError: a dtype holding Python objects.
+    :raises CacheFullError: no room in the cache.
+    """
+    dims = parse_shape(shape, "a shared array")
+    item = parse_dtype(dtype, "a shared array")
+    return _make_named(name, item, dims, None, writable=True, cache=cache)
 
 
 def _disk_source(
@@ -432,6 +502,7 @@ def shared_array_from_shared_mem_name(
     shape: object = None,
     dtype: object = None,
     *,
+    writable: bool | None = None,
     cache: Cache | None = None,
 ) -> tuple[SharedArrayHandle, np.ndarray[Any, Any]]:
     """Attach the shared array *fname* made by any process of the node.
@@ -439,8 +510,15 @@ def shared_array_from_shared_mem_name(
     A shared array describes itself: *shape* and *dtype* may be omitted;
     given, they are checked.
 
+    :param writable: ``None``: as it was made (writable for a named array
+        made writable, as the original's were; read-only for a copy of a
+        file); ``True``: writable, or an error; ``False``: read-only (a
+        process that only reads cannot write by mistake).
     :raises SegmentNotFoundError: (a ``FileNotFoundError``) no shared array
-        of that name: never made, unlinked, or evicted once no process mapped it.
+        of that name: never made, or unlinked (or, for a copy of a file,
+        evicted once no process mapped it).
+    :raises ReadOnlyError: (a ``PermissionError``) *writable* is ``True``
+        and the array is a copy of a file or was made with ``writable=False``.
     :raises ArgumentError: *shape* or *dtype* given and not the array's.
     :raises SegmentError: it is a copy of a file that has changed since.
     """
@@ -448,12 +526,12 @@ def shared_array_from_shared_mem_name(
     found = _cache(cache)
     key = _name_key(name)
     try:
-        shared = found.attach(key, recheck=True)
+        shared = found.attach(key, recheck=True)  # read-only first: what the name holds now
     except SegmentNotFoundError as err:
         raise SegmentNotFoundError(
             f"no shared array named {name!r} in {found.directory}: it was never made, or "
             "was unlinked, or evicted once no process mapped it; make it with "
-            "shared_array_from_numpy or shared_array_from_disk"
+            "shared_array_from_numpy, shared_array_empty or shared_array_from_disk"
         ) from err
     header = found.header(key)
     _check_current(header, name)
@@ -468,7 +546,21 @@ def shared_array_from_shared_mem_name(
             f"the shared array {name!r} is {shared.shape} {shared.dtype}, not the "
             f"{' and '.join(wanted)} given: omit shape and dtype to take its own"
         )
-    return SharedArrayHandle(name, shared, found), shared
+    if writable is None:
+        writable = header.writable
+    if writable:
+        try:
+            shared = found.attach(key, recheck=True, writable=True)
+        except ReadOnlyError as err:
+            made = (
+                "was made with writable=False"
+                if header.named
+                else "is a copy of a file, which is only ever shared read-only"
+            )
+            raise ReadOnlyError(
+                f"the shared array {name!r} {made}: attach it with writable=False (or None)"
+            ) from err
+    return SharedArrayHandle(name, shared, found, writable), shared
 
 
 def _check_current(header: SegmentHeader, name: str) -> None:
