@@ -165,7 +165,7 @@ class OriginalFile(BaseModel):
 
     file: str
     name: str | None
-    outcome: _Outcome
+    outcome: Literal["imported", "skipped", "refused"]
     reason: str
 
 
@@ -222,7 +222,7 @@ class SharedArrayHandle:
     """A named array in the node's shared memory, as the ``shared_array_*`` functions return.
 
     Like the original's handle (``multiprocessing.shared_memory.SharedMemory``):
-    :attr:`name`, :attr:`buf`, :attr:`size`, :meth:`close`, :meth:`unlink`.
+    ``name``, :attr:`buf`, ``size``, :meth:`close`, :meth:`unlink`.
     It keeps the array mapped until :meth:`close`; pickled, it attaches by
     name in the process that unpickles it, writable if it was.
 
