@@ -67,7 +67,6 @@ from ._segment import (
     check_key,
     create_segment,
     map_data,
-    map_readonly,
     map_writable,
     new_header,
     open_in_directory,
@@ -725,26 +724,9 @@ class Cache:
                     f"the cache {self.directory} holds segment {key} already "
                     f"({_describe_segment(path, key)}): attach it, or unlink it first"
                 )
-            temporary = f"{self._prefix}{key}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-            fd = self._reserve(temporary, header)
-            try:
-                if fill is not None:
-                    _fill_segment(fd, header, fill)
-                with Uninterruptible():
-                    # Published and registered, or nothing (see _load).
-                    os.rename(temporary, path)
-                    base, array = map_data(fd, header, writable=writable)
-                    _remember(path, base, header, os.fstat(fd), writable)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temporary)
-                raise
-            finally:
-                os.close(fd)
+            return self._load(header, fill)
         finally:
             lock.release()
-        _log.info("made named array %s (%d bytes)", key, header.nbytes)
-        return array
 
     def lookup(self, source: SegmentSource) -> np.ndarray[Any, Any] | None:
         """The node's copy of *source*, mapped read-only, or ``None``; never loads.
@@ -856,19 +838,21 @@ class Cache:
                 return array
             if on_load is not None:
                 on_load()
-            return self._load(key, source, dtype, shape, fill)
+            return self._load(new_header(key, source, dtype, shape), fill)
         finally:
             lock.release()
 
     def _load(
         self,
-        key: str,
-        source: SegmentSource,
-        dtype: np.dtype[Any],
-        shape: tuple[int, ...],
-        fill: Callable[[np.ndarray[Any, Any]], object] | FileFill,
+        header: SegmentHeader,
+        fill: Callable[[np.ndarray[Any, Any]], object] | FileFill | None,
     ) -> np.ndarray[Any, Any]:
-        header = new_header(key, source, dtype, shape)
+        """Reserve, fill (``None``: leave zeros) and publish the segment *header* describes.
+
+        Called under the key's lock.  The mapping returned is writable for a
+        writable named array, read-only otherwise.
+        """
+        key, source = header.key, header.source
         path = self._segment_path(key)
         temporary = f"{self._prefix}{key}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         started = time.monotonic()
@@ -877,7 +861,7 @@ class Cache:
             if isinstance(fill, FileFill):
                 writer = fill
                 _fill_segment(fd, header, lambda out: writer.write(fd, header.data_offset, out))
-            else:
+            elif fill is not None:
                 _fill_segment(fd, header, fill)
             with Uninterruptible():
                 # The rename is the publication: before it no process can find
@@ -894,8 +878,8 @@ class Cache:
                     ) from err
                 # fd still holds the loader's shared lock, so no evictor can
                 # take the segment between the rename and this mapping.
-                base, array = map_readonly(fd, header)
-                _remember(path, base, header, os.fstat(fd))
+                base, array = map_data(fd, header, writable=header.writable)
+                _remember(path, base, header, os.fstat(fd), header.writable)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)

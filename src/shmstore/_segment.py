@@ -73,7 +73,6 @@ __all__ = [
     "forget_headers",
     "lock_shared",
     "map_data",
-    "map_readonly",
     "map_writable",
     "new_header",
     "open_in_directory",
@@ -541,15 +540,6 @@ def map_writable(fd: int, header: SegmentHeader) -> tuple[mmap.mmap | None, np.n
     return mapping, np.frombuffer(mapping, dtype=header.dtype).reshape(header.shape)
 
 
-def map_readonly(fd: int, header: SegmentHeader) -> tuple[object, np.ndarray[Any, Any]]:
-    """Map the data of the open, shared-locked segment *fd* read-only (:func:`map_data`).
-
-    ``PROT_READ``: a worker cannot write the shared pages, not even through
-    ``ctypes``; numpy marks the array read-only and refuses to change that.
-    """
-    return map_data(fd, header, writable=False)
-
-
 def map_data(
     fd: int, header: SegmentHeader, *, writable: bool
 ) -> tuple[object, np.ndarray[Any, Any]]:
@@ -560,6 +550,10 @@ def map_data(
     base with :func:`view_of` keep it alive.  The caller may close *fd*:
     the base holds a duplicate of it.  *writable* needs a descriptor open
     for writing and is for writable named segments only (the caller checks).
+
+    Read-only is ``PROT_READ``: a worker cannot write the shared pages, not
+    even through ``ctypes``; numpy marks the array read-only and refuses to
+    change that.
     """
     if header.nbytes == 0:
         # No pages to map, but the segment is in use all the same: a duplicate
