@@ -61,7 +61,8 @@ for _project, _url in {
 }.items():
     intersphinx_mapping[_project] = (_url, str(DOCS / "_inventories" / f"{_project}.inv"))
 
-# The private base class of ArrayInfo and DatasetRecord (their shared fields).
+# The private base of ArrayInfo and DatasetRecord holds their common fields,
+# which each model's page lists; "Bases:" names it all the same.
 nitpick_ignore: list[tuple[str, str]] = [("py:class", "shmstore.manifest._Stored")]
 
 # Type hints and docstrings name things as the source does: ``np.ndarray``,

@@ -337,13 +337,13 @@ def _damage_and_probe(  # noqa: PLR0915, PLR0917 (one branch per kind)
     other: Path,
 ) -> tuple[str, str]:
     from shmstore._cache import Cache
-    from shmstore._segment import open_segment, read_header
+    from shmstore._segment import encode_header, open_segment, read_header
 
     directory = cache.directory
     fd, st = open_segment(seg)
     header = read_header(fd, st, seg, key)
     os.close(fd)
-    header_end = 16 + len(header.model_dump_json().encode())
+    header_end = len(encode_header(header))  # prefix, checksum and the JSON as written
     planted: list[str] = []
     outside: dict[str, str] = {}  # files a link points to: digest before
     kind = case.kind

@@ -84,3 +84,40 @@ def hold_writer_lock(store_path: str, ready: Any, release: Any) -> None:
     with shmstore.open(store_path, "a"):
         ready.set()
         release.wait(60)
+
+
+def fill_rows(name: str, cache: shmstore.Cache, start: int, stop: int) -> bool:
+    """Attach the named array *name* as it was made and write row index i into rows [start, stop).
+
+    Returns whether the array was writable (the parent checks the rows).
+    """
+    handle, arr = sns.shared_array_from_shared_mem_name(name, cache=cache)
+    for row in range(start, stop):
+        arr[row] = row
+    writable = handle.writable
+    handle.close()
+    return writable
+
+
+def attach_writable(name: str, cache: shmstore.Cache) -> str:
+    """Attach *name* with ``writable=True``: "" if that worked, else the error's class names."""
+    try:
+        sns.shared_array_from_shared_mem_name(name, writable=True, cache=cache)
+    except Exception as err:  # the parent compares the class names
+        return " ".join(cls.__name__ for cls in type(err).__mro__[:3])
+    return ""
+
+
+def make_named_and_exit(name: str, cache: shmstore.Cache) -> str:
+    """Make the writable named array *name* (zeros) and return its key; the process then exits."""
+    handle, arr = sns.shared_array_empty((4, 2), "<i8", name, cache=cache)
+    arr[:] = 7
+    return handle.key
+
+
+def hold_named(name: str, cache: shmstore.Cache, ready: Any, release: Any) -> None:
+    """Map the named array *name*, say so, and keep it mapped until told."""
+    _, arr = sns.shared_array_from_shared_mem_name(name, cache=cache)
+    ready.set()
+    release.wait(60)
+    del arr

@@ -75,3 +75,9 @@ def load_and_measure(path: str, name: str, cache_dir: str) -> tuple[int, int]:
         peak = max(peak, _anonymous_kib())
     assert nbytes == info.nbytes
     return (peak - baseline) * 1024, nbytes
+
+
+def view_bytes(handle: Any) -> tuple[str, bytes]:
+    """View *handle* in this process: the rows' dtype (``str``) and their bytes."""
+    with handle.view("shared") as arr:
+        return arr.dtype.str, arr.tobytes()

@@ -348,3 +348,20 @@ def test_demo_cleans_up_when_terminated() -> None:
     process.wait(60)
     assert process.returncode != 0
     assert leftovers() <= before
+
+
+def test_ls_marks_named_arrays_and_gc_removes_one_no_process_maps(cache_dir: Path) -> None:
+    from shmstore import shared_numpy_store as sns
+
+    cache = shmstore.Cache(cache_dir)
+    held, _ = sns.shared_array_from_numpy(np.zeros(4), "held", cache=cache)
+    orphan, array = sns.shared_array_empty((4,), "f8", "orphan", cache=cache)
+    orphan.close()
+    del array
+    out = run("ls", cache_dir=cache_dir).stdout
+    assert out.count("named, writable") == 2
+    dry = run_json("gc", "--dry-run", cache_dir=cache_dir)
+    assert dry["removed"] == [f"{orphan.key}.seg"]
+    assert "named array no process maps" in dry["kept"][orphan.key]
+    assert f"{orphan.key}.seg" in run_json("gc", cache_dir=cache_dir)["removed"]
+    assert [e.key for e in cache.entries()] == [held.key]

@@ -6,6 +6,7 @@ Tests marked "regression" each pin one defect of the original module.
 
 from __future__ import annotations
 
+import importlib
 import json
 import multiprocessing
 import os
@@ -29,6 +30,7 @@ import shmstore
 from shmstore import shared_numpy_store as sns
 
 from . import _children_sns as children
+from .dtype_strategies import FIXED_DTYPES, array_of, field_bytes
 
 pytest_plugins = ["tests.cache_fixtures"]
 
@@ -127,6 +129,32 @@ def test_any_array_saved_and_appended_loads_back_in_every_mode(
             assert loaded.dtype == arr.dtype
             assert loaded.tobytes() == expected.tobytes()
             assert loaded.shape == expected.shape
+        store.close()
+
+
+@given(dtype=FIXED_DTYPES, seed=st.integers(0, 2**32 - 1), autoflush=st.booleans())
+def test_every_fixed_size_dtype_round_trips_byte_for_byte_in_every_load_mode(
+    dtype: np.dtype[Any], seed: int, autoflush: bool
+) -> None:
+    """Unicode, datetimes, raw bytes and records of them, as the original saved them."""
+    parts = [array_of(dtype, (3, 2), seed), array_of(dtype, (2, 2), seed + 1)]
+    parts.append(array_of(dtype, (1, 2), seed + 2))
+    with (
+        tempfile.TemporaryDirectory() as directory,
+        tempfile.TemporaryDirectory(dir="/dev/shm") as cache_dir,
+    ):
+        cache = shmstore.Cache(directory=Path(cache_dir) / "cache", budget="64M")
+        store = sns.SharedNumpyStore(directory, cache=cache)
+        store.save(parts[0], "a")
+        store.append_save(parts[1], "a", autoflush=autoflush)
+        store.append_save(parts[2], "a", autoflush=autoflush)
+        store.flush()
+        for mode in ("shared_memory", "memmap", "memory"):
+            loaded = store.load("a", mode, allow_create_shm=True)
+            assert loaded.dtype == dtype
+            assert loaded.shape == (6, 2)
+            for part, got in zip(parts, np.split(loaded, [3, 5]), strict=True):
+                assert field_bytes(got) == field_bytes(part)
         store.close()
 
 
@@ -304,6 +332,30 @@ def test_reserved_names_are_refused(
     assert store.names() == []
 
 
+@pytest.mark.parametrize("name", [".hidden", "run1/voltages", "x_", "a.b-c"])
+def test_names_the_docstring_allows_are_saved_and_loaded(
+    store: sns.SharedNumpyStore, data: np.ndarray[Any, Any], name: str
+) -> None:
+    store.save(data, name)
+    np.testing.assert_array_equal(store.load(name, mode="memory"), data)
+    assert store.names() == [name]
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [("a b", "letters, digits"), ("/abs", "absolute"), ("", "empty"), ("a/../b", "'..'")],
+)
+def test_names_the_store_refuses_are_refused_at_once_also_without_autoflush(
+    store: sns.SharedNumpyStore, data: np.ndarray[Any, Any], name: str, why: str
+) -> None:
+    with pytest.raises(shmstore.ArgumentError, match=re.escape(why)):
+        store.save(data, name)
+    with pytest.raises(shmstore.ArgumentError, match=re.escape(why)):
+        store.append_save(data, name, autoflush=False)
+    store.flush()
+    assert store.names() == []
+
+
 def test_names_lists_the_saved_arrays(
     store: sns.SharedNumpyStore, data: np.ndarray[Any, Any]
 ) -> None:
@@ -349,19 +401,22 @@ def test_import_original_saves_the_originals_raw_files_into_the_store(
     store = sns.SharedNumpyStore(directory)
     with pytest.raises(ValueError, match="import_original"):
         store.load("voltages", mode="memory")
-    assert store.import_original() == ["ids", "spikes", "voltages"]
+    assert store.import_original().imported == ["ids", "spikes", "voltages"]
     np.testing.assert_array_equal(store.load("voltages", mode="memmap"), data)
     np.testing.assert_array_equal(store.load("ids", mode="memory"), np.arange(7, dtype="int32"))
     np.testing.assert_array_equal(store.load("spikes", mode="memory"), data[:2])
     store.append_save(data[:1], "voltages")  # appendable, as the original's files were
-    assert store.import_original() == []  # already there: skipped
+    again = store.import_original()
+    assert again.imported == []
+    assert {f.name for f in again.skipped} == {"ids", "spikes", "voltages"}  # already there
 
 
 def test_import_original_refuses_a_file_shorter_than_its_name_says(tmp_path: Path) -> None:
     (tmp_path / "short__10_3__float64").write_bytes(bytes(16))
     store = sns.SharedNumpyStore(tmp_path)
-    with pytest.raises(shmstore.ArgumentError, match="shorter than the 240"):
-        store.import_original()
+    (refused,) = store.import_original().refused
+    assert (refused.file, refused.name) == ("short__10_3__float64", "short")
+    assert re.search(r"16 bytes, fewer than the 240 its name promises.*damaged", refused.reason)
     assert store.names() == []
 
 
@@ -379,7 +434,7 @@ def test_shared_array_from_numpy_round_trips_through_another_process(
     with SPAWN.Pool(1) as pool:
         seen, writeable, dtype = pool.apply(children.attach_by_name, ("weights", cache))
     assert seen == values.ravel().tolist()
-    assert not writeable
+    assert writeable  # as the original's: made writable, attached writable
     assert dtype == "float32"
 
 
@@ -651,6 +706,56 @@ def test_dump_then_loader_get_gives_the_store_of_the_directory(
     np.testing.assert_array_equal(
         sns.Loader().get(savedir).load("x", mode="memory", start_row=3), data[3:]
     )
+
+
+def _data_base_load(savedir: Path) -> object:
+    """The data base's own ``load(savedir)``, step for step, as the framework does it."""
+    with (savedir / "Loader.json").open() as f:
+        loader_init_kwargs = json.load(f)
+    loader = loader_init_kwargs["Loader"]
+    del loader_init_kwargs["Loader"]
+    if (savedir / "object_meta.json").exists():
+        loader_init_kwargs["meta"] = json.loads((savedir / "object_meta.json").read_text())
+    myloader = importlib.import_module(loader).Loader(**loader_init_kwargs)
+    return myloader.get(str(savedir))
+
+
+@pytest.mark.parametrize("with_meta", [False, True], ids=["no-meta", "object_meta.json"])
+def test_the_data_bases_own_load_gives_the_dumped_store(
+    tmp_path: Path, data: np.ndarray[Any, Any], with_meta: bool
+) -> None:
+    savedir = tmp_path / "db"
+    store = sns.SharedNumpyStore(savedir)
+    store.save(data, "x")
+    sns.dump(store, savedir)
+    if with_meta:
+        (savedir / "object_meta.json").write_text('{"time": 1715000000, "dumper": "sns"}')
+    loaded = _data_base_load(savedir)
+    assert isinstance(loaded, sns.SharedNumpyStore)
+    np.testing.assert_array_equal(loaded.load("x", mode="memory"), data)
+
+
+def test_the_loader_keeps_the_meta_the_data_base_passes() -> None:
+    meta = {"time": 1715000000, "dumper": "sns"}
+    assert sns.Loader(meta=meta).meta == meta
+    assert sns.Loader().meta is None
+
+
+@pytest.mark.parametrize(
+    ("description", "named"),
+    [
+        ({"format_version": 2}, "format_version"),
+        ({"store": "other.h5"}, "store"),
+        ({"format": "npy"}, "format"),
+        ({"unknown": 1}, "unknown"),
+    ],
+    ids=["newer-version", "other-store", "other-format", "unknown-key"],
+)
+def test_the_loader_refuses_a_description_dump_does_not_write(
+    description: dict[str, object], named: str
+) -> None:
+    with pytest.raises(shmstore.ManifestError, match=rf"{named}.*dump\(None, savedir\)"):
+        sns.Loader(**description)
 
 
 def test_dump_of_a_store_elsewhere_copies_its_arrays(

@@ -36,12 +36,15 @@ SERVED: dict[str, tuple[np.ndarray, str]] = {
     "group/chunked 3d": (CHUNKED_3D, "chunked"),
     "fixed_utf8": (np.array([b"caf\xc3\xa9", b"tea"], dtype="S5"), "contiguous"),
     "enum": (np.array([0, 1, 1, 0], dtype="<i1"), "contiguous"),
+    "group/opaque": (np.array([b"abcd"] * 3).view("V4"), "contiguous"),
+    # h5py's own way to store datetimes: opaque data tagged "NUMPY:<M8[s]"
+    "h5py_datetimes": (np.array(["2026-01-01T00:00:00", "1970-01-01"], dtype="<M8[s]"), "chunked"),
 }
 UNSUPPORTED = {
     "text": "variable-length strings",
     "refs": "HDF5 references",
     "nothing": "null dataspace",
-    "group/opaque": "opaque bytes",
+    "bad_tag": "numpy cannot represent",
     "array_type": "HDF5 array type",
 }
 
@@ -72,7 +75,17 @@ def write_foreign(path: Path, **file_options: Any) -> Path:
         file.create_dataset("text", data=["a", "bb"], dtype=h5py.string_dtype())
         file.create_dataset("refs", data=[file["gzipped"].ref], dtype=h5py.ref_dtype)
         file.create_dataset("nothing", data=h5py.Empty("f4"))
-        file.create_dataset("group/opaque", data=np.array([b"abcd"] * 3).view("V4"))
+        file.create_dataset("group/opaque", data=SERVED["group/opaque"][0])
+        datetimes = SERVED["h5py_datetimes"][0]
+        file.create_dataset(
+            "h5py_datetimes",
+            data=datetimes.astype(h5py.opaque_dtype(datetimes.dtype)),
+            chunks=(1,),
+            compression="gzip",
+        )
+        opaque = h5py.h5t.create(h5py.h5t.OPAQUE, 4)
+        opaque.set_tag(b"NUMPY:not-a-dtype")
+        h5py.h5d.create(file.id, b"bad_tag", opaque, h5py.h5s.create_simple((3,)))
         file.create_dataset("array_type", shape=(3,), dtype=np.dtype(("<i4", (2,))))
         file.attrs["title"] = "written by another tool"
     return path

@@ -27,6 +27,12 @@ measured, made and reserved, and by ``gc``).
 Within a process, mappings are shared: a second request for a segment the
 process already maps returns a new array on the same mapping, and the
 mapping (and its lock) goes when the last array on it is garbage.
+
+Named arrays (:meth:`Cache.create`) are segments too, marked ``named`` in
+their header: no copy of a source but an array made under a name, writable
+if made so.  The budget counts them and never evicts them to make room
+(``docs/design.md``, "Named shared arrays"); ``unlink``, ``evict`` and
+``gc`` remove them, the last two only once no process maps them.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ from ._segment import (
     SegmentSource,
     check_key,
     create_segment,
-    map_readonly,
+    map_data,
     map_writable,
     new_header,
     open_in_directory,
@@ -75,7 +81,9 @@ from .errors import (
     ArgumentError,
     CacheFullError,
     LockTimeoutError,
+    ReadOnlyError,
     SegmentError,
+    SegmentExistsError,
     SegmentNotFoundError,
 )
 
@@ -172,6 +180,8 @@ class CacheEntry(BaseModel):
     :param in_use: some process maps it (it cannot be evicted now).
     :param last_access: unix time in seconds of the last new mapping of it.
     :param created: unix time in seconds of its load.
+    :param named: a named array (no copy of a file): never evicted to make room.
+    :param writable: a named array processes may map writable.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -184,6 +194,8 @@ class CacheEntry(BaseModel):
     in_use: bool
     last_access: float
     created: float
+    named: bool = False
+    writable: bool = False
 
 
 # -- the process's mappings -----------------------------------------------------
@@ -195,20 +207,25 @@ class _Mapped(NamedTuple):
     file: tuple[int, int]  # (st_dev, st_ino) of the segment file mapped
 
 
-# Segment path -> this process's mapping of it (weakly: the arrays keep it alive).
-_MAPPINGS: dict[str, _Mapped] = {}
+# (segment path, writable) -> this process's mapping of it (weakly: the arrays
+# keep it alive).  A writable named array may be mapped both ways at once.
+_MAPPINGS: dict[tuple[str, bool], _Mapped] = {}
 
 
-def _remember(path: str, base: object, header: SegmentHeader, st: os.stat_result) -> None:
+def _remember(
+    path: str, base: object, header: SegmentHeader, st: os.stat_result, writable: bool = False
+) -> None:
+    slot = (path, writable)
+
     def forget(ref: weakref.ReferenceType[Any]) -> None:
-        entry = _MAPPINGS.get(path)
+        entry = _MAPPINGS.get(slot)
         if entry is not None and entry.base is ref:
-            _MAPPINGS.pop(path, None)
+            _MAPPINGS.pop(slot, None)
 
-    _MAPPINGS[path] = _Mapped(weakref.ref(base, forget), header, (st.st_dev, st.st_ino))
+    _MAPPINGS[slot] = _Mapped(weakref.ref(base, forget), header, (st.st_dev, st.st_ino))
 
 
-def _reuse(path: str, recheck: bool) -> np.ndarray[Any, Any] | None:
+def _reuse(path: str, recheck: bool, writable: bool = False) -> np.ndarray[Any, Any] | None:
     """A new array on this process's mapping of *path*, or ``None`` if it maps none.
 
     :param recheck: only if the name still refers to the file mapped (one
@@ -216,7 +233,7 @@ def _reuse(path: str, recheck: bool) -> np.ndarray[Any, Any] | None:
         another of other contents (:meth:`Cache.unlink`, then a new one);
         a key made from a source names the same bytes forever.
     """
-    entry = _MAPPINGS.get(path)
+    entry = _MAPPINGS.get((path, writable))
     if entry is None:
         return None
     base = entry.base()
@@ -282,15 +299,31 @@ class _Removal(enum.Enum):
     REMOVED = "removed"
     GONE = "gone already"
     IN_USE = "in use"
+    NAMED = "a named array"
     REFUSED = "refused"
 
 
-def _remove_unused(path: str, *, dry_run: bool = False) -> tuple[_Removal, str]:
+def _is_named(fd: int, st: os.stat_result, path: str) -> bool:
+    """True when the open segment *fd* is a named array (False when its header is unreadable)."""
+    kind, key = _kind_of(path.rsplit(os.sep, 1)[-1])
+    if kind is not _Kind.SEGMENT:
+        return False
+    try:
+        return read_header(fd, st, path, key).named
+    except SegmentError:
+        return False  # damaged: garbage, whatever it was
+
+
+def _remove_unused(
+    path: str, *, dry_run: bool = False, keep_named: bool = False
+) -> tuple[_Removal, str]:
     """Unlink the cache file *path* if no process holds a ``flock`` on it.
 
     Returns what happened (with *dry_run*, what would happen, and nothing
     is removed) and, when refused, why.  Never follows a link, never
-    removes a file of another user, never waits.
+    removes a file of another user, never waits.  With *keep_named*, a
+    named array is kept (looked at under the exclusive lock, so that it is
+    the file removed that is no named array).
     """
     try:
         fd = open_in_directory(path, _OPEN_ANY)
@@ -314,6 +347,8 @@ def _remove_unused(path: str, *, dry_run: bool = False) -> tuple[_Removal, str]:
             return _Removal.GONE, ""
         if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
             return _Removal.GONE, ""
+        if keep_named and _is_named(fd, st, path):
+            return _Removal.NAMED, ""
         if not dry_run:
             try:
                 os.unlink(path)
@@ -419,13 +454,33 @@ def _describe_segment(path: str, key: str) -> str:
     return f"{key} ({header.nbytes} bytes of {header.source.describe()})"
 
 
-def _holders(busy: Sequence[_Listed]) -> str:
-    if not busy:
-        return "no cached segment is in use"
-    listed = ", ".join(_describe_segment(f.path, f.key) for f in busy[:8])
-    more = f" and {len(busy) - 8} more" if len(busy) > 8 else ""
-    total = sum(f.st.st_size for f in busy)
-    return f"{len(busy)} segments in use hold {total} bytes: {listed}{more}"
+def _holders(busy: Sequence[_Listed], named: Sequence[_Listed] = ()) -> str:
+    said = []
+    if busy or not named:
+        said.append(_listing(busy, "segments in use") if busy else "no cached segment is in use")
+    if named:
+        said.append(_listing(named, "named arrays (never evicted to make room)"))
+    return "; ".join(said)
+
+
+def _listing(files: Sequence[_Listed], what: str) -> str:
+    listed = ", ".join(_describe_segment(f.path, f.key) for f in files[:8])
+    more = f" and {len(files) - 8} more" if len(files) > 8 else ""
+    total = sum(f.st.st_size for f in files)
+    return f"{len(files)} {what} hold {total} bytes: {listed}{more}"
+
+
+def _read_only_reason(key: str, header: SegmentHeader) -> str:
+    """Why segment *key* cannot be mapped writable, and what to do."""
+    if header.named:
+        return (
+            f"segment {key}, the named array {header.source.dataset!r}, was made read-only "
+            "(writable=False): attach it read-only"
+        )
+    return (
+        f"segment {key} is a cached copy of {header.source.describe()}, which is only ever "
+        "mapped read-only: attach it read-only, or copy it into a writable named array"
+    )
 
 
 class Cache:
@@ -492,15 +547,20 @@ class Cache:
 
     # -- mapping ------------------------------------------------------------------
 
-    def _find(self, key: str, recheck: bool = False) -> np.ndarray[Any, Any] | None:
-        """Map the published segment *key* (a checked key), or ``None`` if there is none."""
+    def _find(
+        self, key: str, recheck: bool = False, writable: bool = False
+    ) -> np.ndarray[Any, Any] | None:
+        """Map the published segment *key* (a checked key), or ``None`` if there is none.
+
+        :raises ReadOnlyError: *writable*, and the segment is no writable named array.
+        """
         path = self._segment_path(key)
-        array = _reuse(path, recheck)
+        array = _reuse(path, recheck, writable)
         if array is not None:
             return array
         for _ in range(_ATTACH_ATTEMPTS):
             try:
-                fd, st = open_segment(path, shared=True)
+                fd, st = open_segment(path, shared=True, writable=writable)
             except FileNotFoundError:
                 return None
             try:
@@ -510,7 +570,9 @@ class Cache:
                     # pages would be no one's.  Look at the name again.
                     continue
                 header = read_header(fd, st, path, key)
-                base, array = map_readonly(fd, header)
+                if writable and not header.writable:
+                    raise ReadOnlyError(_read_only_reason(key, header))
+                base, array = map_data(fd, header, writable=writable)
                 now = time.time_ns()
                 if now - st.st_atime_ns > _ACCESS_RESOLUTION_NS:
                     # The access time orders least-recently-used eviction; a
@@ -519,15 +581,17 @@ class Cache:
                         os.utime(fd, ns=(now, st.st_mtime_ns))
             finally:
                 os.close(fd)  # the mapping keeps its own descriptor, and with it the lock
-            _remember(path, base, header, st)
+            _remember(path, base, header, st, writable)
             return array
         raise SegmentError(
             f"{path} was replaced {_ATTACH_ATTEMPTS} times while being mapped; "
             "another process evicts and reloads it in a loop"
         )
 
-    def attach(self, key: str, *, recheck: bool = False) -> np.ndarray[Any, Any]:
-        """Map the segment *key* read-only, knowing nothing but its key.
+    def attach(
+        self, key: str, *, recheck: bool = False, writable: bool = False
+    ) -> np.ndarray[Any, Any]:
+        """Map the segment *key* read-only (or *writable*), knowing nothing but its key.
 
         Another array on the same mapping if this process already maps it
         (a dictionary look-up); else a new mapping, microseconds whatever
@@ -536,13 +600,17 @@ class Cache:
         :param recheck: reuse this process's mapping only if the key's file
             is still the one mapped (for keys given to :meth:`get`, whose
             segment :meth:`unlink` and a new load can replace).
+        :param writable: map it ``PROT_READ | PROT_WRITE``: only a named
+            array made writable (:meth:`create`) can be.
 
         :raises SegmentNotFoundError: (a ``KeyError``) no such segment: never
             loaded, or evicted.
+        :raises ReadOnlyError: (a ``PermissionError``) *writable*, and the
+            segment is a cached copy or a named array made read-only.
         :raises SegmentError: *key* is not a key, or the file is damaged,
             foreign or unsafe (it is never mapped).
         """
-        array = self._find(check_key(key), recheck)
+        array = self._find(check_key(key), recheck, writable)
         if array is None:
             raise SegmentNotFoundError(
                 f"the cache {self.directory} holds no segment {key}: it was never loaded "
@@ -550,9 +618,11 @@ class Cache:
             )
         return array
 
-    def find(self, key: str, *, recheck: bool = False) -> np.ndarray[Any, Any] | None:
+    def find(
+        self, key: str, *, recheck: bool = False, writable: bool = False
+    ) -> np.ndarray[Any, Any] | None:
         """Like :meth:`attach`, but ``None`` when there is no segment *key*."""
-        return self._find(check_key(key), recheck)
+        return self._find(check_key(key), recheck, writable)
 
     def header(self, key: str) -> SegmentHeader:
         """The header of segment *key*: what it holds and what it is a copy of.
@@ -565,9 +635,10 @@ class Cache:
         :raises SegmentError: *key* is not a key, or the file is damaged, foreign or unsafe.
         """
         path = self._segment_path(check_key(key))
-        entry = _MAPPINGS.get(path)
-        if entry is not None and entry.base() is not None:
-            return entry.header
+        for writable in (False, True):
+            entry = _MAPPINGS.get((path, writable))
+            if entry is not None and entry.base() is not None:
+                return entry.header
         try:
             fd, st = open_segment(path)
         except FileNotFoundError as err:
@@ -584,9 +655,10 @@ class Cache:
 
         As ``shm_unlink``: no process can attach the segment any more, those
         that map it keep their pages (valid, never ``SIGBUS``) until they
-        drop them, and the memory returns to the system then.  For segments
-        loaded under a key of the caller's choosing (:meth:`get` with
-        ``key=``); a segment of a source is evicted with :meth:`evict`.
+        drop them, and the memory returns to the system then.  For named
+        arrays (:meth:`create`) and segments loaded under a key of the
+        caller's choosing (:meth:`get` with ``key=``); a segment of a source
+        is evicted with :meth:`evict`.
 
         :returns: whether there was a segment to remove.
         :raises SegmentError: *key* is not a key, or the name cannot be
@@ -594,7 +666,8 @@ class Cache:
         """
         path = self._segment_path(check_key(key))
         # This process must not hand out its old mapping under the name again.
-        _MAPPINGS.pop(path, None)
+        _MAPPINGS.pop((path, False), None)
+        _MAPPINGS.pop((path, True), None)
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -603,6 +676,57 @@ class Cache:
             raise SegmentError(f"cannot remove {path} ({err.strerror or err})") from err
         _log.info("unlinked segment %s", key)
         return True
+
+    def create(
+        self,
+        key: str,
+        source: SegmentSource,
+        dtype: np.dtype[Any],
+        shape: tuple[int, ...],
+        fill: Callable[[np.ndarray[Any, Any]], object] | None = None,
+        *,
+        writable: bool = True,
+    ) -> np.ndarray[Any, Any]:
+        """Make the named array *key*: zeros, or what *fill* writes; mapped as *writable* says.
+
+        A named array is no copy of a source (*source* only describes it:
+        ``dataset`` its name) but an array in its own right: the budget
+        counts it and never evicts it to make room; it lives until
+        :meth:`unlink`, or :meth:`evict` / :meth:`gc` once no process maps
+        it.  Every process may :meth:`attach` it by *key*, writable too when
+        made *writable*; concurrent writes are the caller's business.  Its
+        space is reserved before a byte is written (``posix_fallocate``:
+        zeros, and never a ``SIGBUS``), it is published whole by a rename,
+        and a name is made once: this never replaces an existing segment.
+
+        :param fill: called with a writeable array on the new segment
+            before it is published (it must not keep it); ``None`` leaves zeros.
+        :raises SegmentExistsError: (a ``FileExistsError``) the cache holds
+            a segment of *key* already; nothing is changed.
+        :raises CacheFullError: no room in the budget or on the file system
+            once every unused cached copy is evicted (named arrays are not).
+        :raises ArgumentError: a dtype holding Python objects or of no bytes,
+            or a negative dimension.
+        :raises SegmentError: *key* is not a key, or the cache directory
+            cannot be written.
+        """
+        key = check_key(key)
+        dtype = np.dtype(dtype)
+        shape = tuple(operator.index(n) for n in shape)
+        header = new_header(key, source, dtype, shape, named=True, writable=writable)
+        _prepare_directory(self.directory)
+        lock = filelock.FileLock(f"{self._prefix}{key}{_LOCK_SUFFIX}", mode=0o600)
+        _acquire(lock)  # loads and creations of this key happen one at a time
+        try:
+            path = self._segment_path(key)
+            if os.path.lexists(path):
+                raise SegmentExistsError(
+                    f"the cache {self.directory} holds segment {key} already "
+                    f"({_describe_segment(path, key)}): attach it, or unlink it first"
+                )
+            return self._load(header, fill)
+        finally:
+            lock.release()
 
     def lookup(self, source: SegmentSource) -> np.ndarray[Any, Any] | None:
         """The node's copy of *source*, mapped read-only, or ``None``; never loads.
@@ -714,19 +838,21 @@ class Cache:
                 return array
             if on_load is not None:
                 on_load()
-            return self._load(key, source, dtype, shape, fill)
+            return self._load(new_header(key, source, dtype, shape), fill)
         finally:
             lock.release()
 
     def _load(
         self,
-        key: str,
-        source: SegmentSource,
-        dtype: np.dtype[Any],
-        shape: tuple[int, ...],
-        fill: Callable[[np.ndarray[Any, Any]], object] | FileFill,
+        header: SegmentHeader,
+        fill: Callable[[np.ndarray[Any, Any]], object] | FileFill | None,
     ) -> np.ndarray[Any, Any]:
-        header = new_header(key, source, dtype, shape)
+        """Reserve, fill (``None``: leave zeros) and publish the segment *header* describes.
+
+        Called under the key's lock.  The mapping returned is writable for a
+        writable named array, read-only otherwise.
+        """
+        key, source = header.key, header.source
         path = self._segment_path(key)
         temporary = f"{self._prefix}{key}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         started = time.monotonic()
@@ -735,7 +861,7 @@ class Cache:
             if isinstance(fill, FileFill):
                 writer = fill
                 _fill_segment(fd, header, lambda out: writer.write(fd, header.data_offset, out))
-            else:
+            elif fill is not None:
                 _fill_segment(fd, header, fill)
             with Uninterruptible():
                 # The rename is the publication: before it no process can find
@@ -752,8 +878,8 @@ class Cache:
                     ) from err
                 # fd still holds the loader's shared lock, so no evictor can
                 # take the segment between the rename and this mapping.
-                base, array = map_readonly(fd, header)
-                _remember(path, base, header, os.fstat(fd))
+                base, array = map_data(fd, header, writable=header.writable)
+                _remember(path, base, header, os.fstat(fd), header.writable)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
@@ -828,11 +954,15 @@ class Cache:
                 )
             )
             busy: list[_Listed] = []
+            named: list[_Listed] = []
 
             def evict_one() -> int | None:
-                """Evict the least recently used unmapped segment; bytes freed, None if none."""
+                """Evict the least recently used unmapped cached copy; bytes freed, None if none.
+
+                Named arrays are never evicted to make room.
+                """
                 for candidate in oldest_first:
-                    outcome, why = _remove_unused(candidate.path)
+                    outcome, why = _remove_unused(candidate.path, keep_named=True)
                     if outcome is _Removal.REMOVED:
                         _log.info("evicted segment %s to make room", candidate.key)
                         return candidate.allocated
@@ -840,6 +970,8 @@ class Cache:
                         return candidate.allocated
                     if outcome is _Removal.IN_USE:
                         busy.append(candidate)
+                    elif outcome is _Removal.NAMED:
+                        named.append(candidate)
                     else:
                         _log.warning("cannot evict %s: %s", candidate.path, why)
                 return None
@@ -850,8 +982,9 @@ class Cache:
                     raise CacheFullError(
                         f"no room in the cache {self.directory} for {what}: it needs {needed} "
                         f"bytes, the budget is {self.budget} bytes and {used} are taken; "
-                        f"{_holders(busy)}. Drop the arrays that map them (or unpin their "
-                        f"handles), or raise {ENV_BUDGET}"
+                        f"{_holders(busy, named)}. Drop the arrays that map them (or unpin "
+                        f"their handles), unlink named arrays no longer needed, or raise "
+                        f"{ENV_BUDGET}"
                     )
                 used -= freed
             while True:
@@ -871,7 +1004,7 @@ class Cache:
                         raise CacheFullError(
                             f"the file system holding the cache {self.directory} is full: "
                             f"{what} needs {needed} bytes and {free} are free; "
-                            f"{_holders(busy)}, the rest is taken by other files"
+                            f"{_holders(busy, named)}, the rest is taken by other files"
                         ) from err
 
     def _remove_leftovers(self) -> list[str]:
@@ -924,6 +1057,8 @@ class Cache:
                     in_use=in_use,
                     last_access=st.st_atime_ns / 1e9,
                     created=header.created,
+                    named=header.named,
+                    writable=header.writable,
                 )
             )
         return found
@@ -967,6 +1102,7 @@ class Cache:
         * segments that fail validation (damaged, wrong mode), or are stale:
           a file of their source is gone or changed (device, inode, size,
           mtime) - unless a process maps them, then they are kept;
+        * named arrays no process maps (the processes that used them are gone);
         * symbolic links planted under a cache file's name.
 
         Never a mapped segment; never a file of another user or a file of a
@@ -1040,6 +1176,8 @@ class Cache:
             return f"damaged: {err}"
         finally:
             os.close(fd)
+        if header.named:
+            return f"the named array {header.source.dataset!r}, which no process maps"
         for identity in header.source.identity:
             try:
                 if not identity.is_current():

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ._dtype import check_supported
+from ._dtype import empty as new_empty
 from ._rows import resolve_rows
 from .errors import ArgumentError, InvalidStoreError, LayoutError, StoreNotFoundError
 
@@ -62,7 +63,7 @@ def parse_dtype(dtype: object, what: str) -> np.dtype[Any]:
     """*dtype* as a numpy dtype that shmstore serves.
 
     :raises ArgumentError: numpy does not understand it.
-    :raises UnsupportedDtypeError: it holds Python objects, text, datetimes, ...
+    :raises UnsupportedDtypeError: it holds Python objects or variable-length data.
     """
     try:
         parsed: np.dtype[Any] = np.dtype(dtype)  # type: ignore[call-overload]
@@ -117,7 +118,7 @@ class DiskArray:
         """A read-only ``np.memmap`` of rows ``[start, stop)`` (a plain empty array for none)."""
         shape = (stop - start, *self.shape[1:])
         if math.prod(shape) == 0:
-            empty = np.empty(shape, dtype=self.dtype)
+            empty = new_empty(shape, self.dtype)
             empty.flags.writeable = False
             return empty
         return np.memmap(
@@ -172,7 +173,7 @@ def open_disk_array(
         a ``.npy`` header; a shape without rows (``()``).
     :raises LayoutError: a ``.npy`` file in Fortran order (its rows are not contiguous).
     :raises InvalidStoreError: a damaged or truncated ``.npy`` file; a directory.
-    :raises UnsupportedDtypeError: a dtype shmstore does not serve (objects, text, ...).
+    :raises UnsupportedDtypeError: a dtype shmstore does not serve (Python objects, ...).
     """
     where = Path(os.path.abspath(os.fspath(path)))
     try:

@@ -1,10 +1,18 @@
 """Which numpy dtypes shmstore serves, and their JSON form.
 
+shmstore serves every fixed-size numpy dtype: numbers, bool, complex, bytes
+(``S``), unicode (``U``), ``datetime64``, ``timedelta64``, raw bytes (``V``)
+and structured dtypes of these, with sub-arrays, offsets and padding.  What
+HDF5 has no type for (``U``, ``M``, ``m``) is stored as HDF5 opaque data of
+the same size, tagged as h5py tags it (see ``_hdf5.storage_dtype``), so the
+bytes are kept as they are and h5py reads them back as the same dtype.
+
 A dtype is stored in manifests and segment headers as JSON that numpy can turn
 back into the identical dtype: byte order, compound field names, offsets and
 padding, and sub-array fields are all kept.
 
-* a simple dtype is its ``dtype.str``: ``"<f8"``, ``">i4"``, ``"|b1"``, ``"|S16"``;
+* a simple dtype is its ``dtype.str``: ``"<f8"``, ``">i4"``, ``"|b1"``,
+  ``"|S16"``, ``"<U5"``, ``"<M8[ns]"``, ``">m8[10us]"``, ``"|V4"``;
 * a compound dtype is ``{"names": [...], "formats": [...], "offsets": [...],
   "itemsize": n}`` with each format again a dtype spec;
 * a sub-array field is ``{"base": spec, "shape": [...]}``.
@@ -24,22 +32,30 @@ __all__ = [
     "check_supported",
     "dtype_from_spec",
     "dtype_to_spec",
+    "empty",
     "is_supported",
     "unsupported_reason",
 ]
 
-_SIMPLE_KINDS = frozenset("biufcS")
+_FIXED_KINDS = frozenset("biufcSUVMm")
 
 
 def is_supported(dtype: np.dtype[Any]) -> bool:
-    """True for numeric, bool, complex, fixed-length bytes, and compounds of these."""
+    """True for every fixed-size dtype: no Python objects, no variable-length or reference data.
+
+    Numbers, bool, complex, bytes, unicode, ``datetime64``, ``timedelta64``,
+    raw bytes (``V``), and structured dtypes of these; a dtype of no bytes
+    is not served (there would be nothing to store).
+    """
+    if dtype.itemsize == 0:
+        return False
     if dtype.subdtype is not None:
         return is_supported(dtype.subdtype[0])
     if dtype.fields is not None:
         return all(is_supported(field[0]) for field in dtype.fields.values())
     if dtype.metadata and ("vlen" in dtype.metadata or "ref" in dtype.metadata):
         return False
-    return dtype.kind in _SIMPLE_KINDS and dtype.itemsize > 0
+    return dtype.kind in _FIXED_KINDS
 
 
 def _kind(dtype: np.dtype[Any]) -> str:
@@ -52,37 +68,64 @@ def _kind(dtype: np.dtype[Any]) -> str:
         )
     if "ref" in metadata:
         return "HDF5 references"
-    names = {
-        "O": "Python objects",
-        "U": "unicode text",
-        "V": "opaque bytes",
-        "M": "datetimes",
-        "m": "timedeltas",
-    }
+    if dtype.itemsize == 0:
+        return "no bytes per element"
+    if dtype.kind == "T":
+        return "variable-width strings"
+    names = {"O": "Python objects"}
     return names.get(dtype.kind, f"dtype {dtype}")
+
+
+def _offender(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """The part of *dtype* that is not served (a field of a structured dtype, say)."""
+    if dtype.itemsize and dtype.subdtype is not None:
+        return _offender(dtype.subdtype[0])
+    if dtype.itemsize and dtype.fields is not None:
+        for field in dtype.fields.values():
+            if not is_supported(field[0]):
+                return _offender(field[0])
+    return dtype
 
 
 def unsupported_reason(dtype: np.dtype[Any], what: str) -> str:
     """Why *what*, of *dtype*, is not served, and what to do instead."""
+    part = _offender(dtype)
+    metadata: dict[str, Any] = dict(part.metadata or {})
     hint = ""
-    if dtype.kind == "U":
-        hint = " Encode text to fixed-length bytes first, e.g. arr.astype('S')."
-    elif dtype.kind == "O" and "ref" not in (dtype.metadata or {}):
-        hint = " Variable-length data cannot be memory-mapped or shared; use a fixed-size dtype."
+    if part.kind in "OT" and "ref" not in metadata:
+        hint = (
+            " Variable-length data cannot be memory-mapped or shared: convert it to a "
+            "fixed-size dtype first, e.g. arr.astype('U') or arr.astype('S') for text."
+        )
+    where = "" if part is dtype else f" in {dtype!r}"
     return (
-        f"{what} holds {_kind(dtype)} ({dtype!r}), which shmstore does not serve: only numeric, "
-        f"bool, complex, fixed-length bytes and compound dtypes of these are supported.{hint}"
+        f"{what} holds {_kind(part)} ({part!r}{where}), which shmstore does not serve: every "
+        "fixed-size dtype is served (numbers, bool, complex, bytes, unicode, datetime64, "
+        f"timedelta64, raw bytes, and structured dtypes of these), nothing else.{hint}"
     )
 
 
 def check_supported(dtype: np.dtype[Any], what: str) -> None:
     """Raise :class:`UnsupportedDtypeError` naming *what* unless *dtype* is served.
 
-    :raises UnsupportedDtypeError: object, variable-length, unicode, reference,
-        opaque or datetime dtypes, or compounds containing one.
+    :raises UnsupportedDtypeError: Python objects, variable-length data,
+        HDF5 references, a dtype of no bytes, or a structured dtype holding one.
     """
     if not is_supported(dtype):
         raise UnsupportedDtypeError(unsupported_reason(dtype, what))
+
+
+def empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+    """``np.empty(shape, dtype)``, but of exactly *dtype*.
+
+    numpy makes an array of a generic (unit-less) ``datetime64`` or
+    ``timedelta64`` in big-endian order little-endian (``np.empty(3, ">M8")``
+    has dtype ``<M8``); a view of bytes keeps the dtype as it is.
+    """
+    count = 1
+    for n in shape:
+        count *= n
+    return np.empty(count * dtype.itemsize, dtype=np.uint8).view(dtype).reshape(shape)
 
 
 def dtype_to_spec(dtype: np.dtype[Any]) -> Any:
@@ -134,10 +177,14 @@ def _validate(value: Any) -> np.dtype[Any]:
 
 _SPEC_SCHEMA: dict[str, Any] = {
     "title": "DType",
-    "description": "numpy dtype: a dtype.str such as '<f8', a compound "
+    "description": "numpy dtype: a dtype.str such as '<f8', '<U5' or '<M8[ns]', a compound "
     "{names, formats, offsets, itemsize}, or a sub-array {base, shape}.",
     "anyOf": [
-        {"type": "string", "pattern": "^[<>|=][biufcSV][0-9]+$"},
+        {
+            "type": "string",
+            "pattern": "^[<>|=]([biufcSUV][0-9]+"
+            "|[Mm]8(\\[[0-9]*(Y|M|W|D|h|m|s|ms|us|ns|ps|fs|as)\\])?)$",
+        },
         {
             "type": "object",
             "properties": {

@@ -23,6 +23,7 @@ from .manifest import ArrayInfo, Layout
 
 __all__ = [
     "FILTER_NAMES",
+    "as_stored",
     "create_external",
     "data_ranges",
     "describe",
@@ -30,6 +31,8 @@ __all__ = [
     "external_spans",
     "missing_filters",
     "open_dataset",
+    "served_dtype",
+    "storage_dtype",
     "walk_datasets",
 ]
 
@@ -52,6 +55,87 @@ _NOT_COMPRESSION = frozenset({2, 3})
 
 _DAPL = h5p.create(h5p.DATASET_ACCESS)
 _DAPL.set_efile_prefix(b"${ORIGIN}")
+
+# numpy kinds with no HDF5 type: stored as HDF5 opaque data of the same size.
+_OPAQUE_KINDS = frozenset("UMm")
+_OPAQUE_TAG = "h5py_opaque"  # the dtype metadata by which h5py marks them (opaque_dtype)
+
+
+def _rebuild(dtype: np.dtype[Any], leaf: Any) -> np.dtype[Any]:
+    """*dtype* with *leaf* applied to every leaf of its fields and sub-arrays.
+
+    The dtype itself when nothing changed, so most dtypes pass untouched.
+    """
+    if dtype.subdtype is not None:
+        base, shape = dtype.subdtype
+        inner = _rebuild(base, leaf)
+        return dtype if inner is base else np.dtype((inner, shape))
+    if dtype.fields is not None:
+        names = list(dtype.names or ())
+        old = [dtype.fields[n][0] for n in names]
+        new = [_rebuild(f, leaf) for f in old]
+        if all(a is b for a, b in zip(old, new, strict=True)):
+            return dtype
+        return np.dtype(
+            {
+                "names": names,
+                "formats": new,
+                "offsets": [dtype.fields[n][1] for n in names],
+                "itemsize": dtype.itemsize,
+            }
+        )
+    changed: np.dtype[Any] = leaf(dtype)
+    return changed
+
+
+def _tagged(dtype: np.dtype[Any]) -> bool:
+    metadata: dict[str, Any] = dict(dtype.metadata or {})
+    return bool(metadata.get(_OPAQUE_TAG))
+
+
+def _tag(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    if dtype.kind in _OPAQUE_KINDS and not _tagged(dtype):
+        tagged: np.dtype[Any] = h5py.opaque_dtype(dtype)
+        return tagged
+    return dtype
+
+
+def _untag(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    if _tagged(dtype):
+        plain: np.dtype[Any] = np.dtype(dtype.str)
+        return plain
+    return dtype
+
+
+def storage_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """The dtype to give h5py for arrays of *dtype* (``docs/design.md``, "Dtypes HDF5 lacks").
+
+    Unicode, ``datetime64`` and ``timedelta64`` parts, which HDF5 has no type
+    for, are tagged as ``h5py.opaque_dtype`` tags them: HDF5 stores them as
+    opaque data of the same size, tagged ``NUMPY:<dtype.str>``, and copies
+    their bytes unchanged; h5py reads them back as the same dtype.  Every
+    other dtype is returned as it is.
+    """
+    return _rebuild(dtype, _tag)
+
+
+def served_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """*dtype* as h5py reports it for a dataset, without h5py's opaque tags.
+
+    The dtype shmstore records and serves: the tag is h5py's business, and
+    arrays handed to users carry none.
+    """
+    return _rebuild(dtype, _untag)
+
+
+def as_stored(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """*array* viewed as :func:`storage_dtype` of its dtype, for h5py to read into or write from.
+
+    The same memory (a view, never a copy); the array itself when its dtype
+    needs no tag.
+    """
+    stored = storage_dtype(array.dtype)
+    return array if stored is array.dtype else array.view(stored)
 
 
 def open_dataset(file: h5py.File, name: str) -> h5py.Dataset:
@@ -279,6 +363,12 @@ def _damage(dataset: h5py.Dataset, name: str, dtype: np.dtype[Any], strict: bool
     header is read as it is; these checks catch the flips that would
     otherwise give wrong values without an error.
     """
+    hdf5_type = dataset.id.get_type()
+    if hdf5_type.get_class() == h5t.OPAQUE and hdf5_type.get_size() != dtype.itemsize:
+        return (
+            f"{name!r} is damaged: its HDF5 opaque type holds {hdf5_type.get_size()} bytes per "
+            f"element, but its tag names {served_dtype(dtype)}, of {dtype.itemsize}"
+        )
     dcpl = dataset.id.get_create_plist()
     for index in range(dcpl.get_nfilters()):
         code, _flags, values, _raw = dcpl.get_filter(index)
@@ -354,9 +444,12 @@ def describe(
     element size) apply.
     """
     try:
-        dtype = dataset.dtype
+        stored = dataset.dtype
     except TypeError as err:  # h5py found no numpy dtype for it (a 3-byte integer, ...)
         return f"{name!r} has an HDF5 datatype that numpy cannot represent ({err})"
+    except ValueError as err:  # an opaque type whose NUMPY: tag is no dtype numpy knows
+        return f"{name!r} has an HDF5 opaque datatype whose tag is not a numpy dtype ({err})"
+    dtype = served_dtype(stored)
     if dataset.shape is None:
         return f"{name!r} is an empty (null dataspace) dataset and holds no array"
     if dtype.subdtype is not None:
@@ -369,7 +462,7 @@ def describe(
         )
     if not is_supported(dtype):
         return unsupported_reason(dtype, repr(name))
-    damage = _damage(dataset, name, dtype, strict)
+    damage = _damage(dataset, name, stored, strict)
     if damage is not None:
         return damage
     dcpl = dataset.id.get_create_plist()
@@ -447,7 +540,7 @@ def create_external(
     # Fill values would be written into the raw file on every extent change.
     dcpl.set_fill_time(h5d.FILL_TIME_NEVER)
     space = h5s.create_simple(shape, (h5s.UNLIMITED, *shape[1:]))
-    type_id = h5t.py_create(dtype, logical=True)
+    type_id = h5t.py_create(storage_dtype(dtype), logical=True)
     dataset_id = h5d.create(group.id, name.encode(), type_id, space, dcpl=dcpl, dapl=_DAPL)
     return h5py.Dataset(dataset_id)
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from ._chunk_index import stored_chunks
 from ._fill import FileFill, progress, worker_count
-from ._hdf5 import missing_filters
+from ._hdf5 import as_stored, missing_filters
 from .errors import InvalidStoreError
 from .manifest import ArrayInfo
 
@@ -65,7 +65,7 @@ def dataset_filler(
                 for first in range(0, rows, step):
                     last = min(rows, first + step)
                     dataset.read_direct(
-                        out,
+                        as_stored(out),
                         source_sel=np.s_[start + first : start + last],
                         dest_sel=np.s_[first:last],
                     )

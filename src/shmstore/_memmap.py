@@ -16,6 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ._dtype import empty as new_empty
 from ._hdf5 import external_files, external_spans
 from .errors import InvalidStoreError, LayoutError, NotContiguousError
 from .manifest import ArrayInfo
@@ -97,7 +98,7 @@ def map_rows(path: Path, offset: int, info: ArrayInfo, start: int, stop: int) ->
     """
     shape = (stop - start, *info.shape[1:])
     if stop == start or info.row_nbytes == 0:
-        empty = np.empty(shape, dtype=info.dtype)
+        empty = new_empty(shape, info.dtype)
         empty.flags.writeable = False
         return empty
     return np.memmap(

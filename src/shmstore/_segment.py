@@ -16,6 +16,12 @@ so it can be mapped knowing nothing but its key: the header says what the
 bytes are (dtype with its field names and byte order, shape) and what they
 are a copy of (the source files by identity, dataset, version, rows).
 
+A *named* segment (header ``named``) is no copy of anything: an array a user
+made under a name (``shared_numpy_store.shared_array_from_numpy``), which
+the cache never evicts to make room.  One made ``writable`` is mapped
+``PROT_READ | PROT_WRITE`` by whoever asks for it writable; every other
+segment is only ever mapped read-only.
+
 Locking: a process that maps a segment holds a shared ``flock`` on it.  A
 mapping made by ``mmap`` keeps a duplicate of the descriptor, and a
 ``flock`` belongs to the open file description, so the lock lives exactly as
@@ -48,6 +54,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError, model_validator
 
 from ._dtype import DType
+from ._dtype import empty as new_empty
 from .errors import ArgumentError, LockTimeoutError, SegmentError
 
 __all__ = [
@@ -65,7 +72,7 @@ __all__ = [
     "encode_header",
     "forget_headers",
     "lock_shared",
-    "map_readonly",
+    "map_data",
     "map_writable",
     "new_header",
     "open_in_directory",
@@ -90,7 +97,9 @@ _PREFIX = struct.Struct("<8sI4x")
 _CHECKSUM = struct.Struct("<I")  # at offset 12, the reserved bytes of _PREFIX
 _MAX_HEADER = 1 << 20  # bytes; a header is a few hundred bytes per source file
 _FIRST_READ = 4096  # bytes read at once on attach: prefix and header in one pread
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+# Written into a header only when set, so that copies keep the header they always had.
+_NAMED_FIELDS = frozenset({"named", "writable"})
 
 
 class FileIdentity(BaseModel):
@@ -179,6 +188,10 @@ class SegmentHeader(BaseModel):
     :param data_offset: where the rows start in the file, in bytes; a
         multiple of :data:`PAGE`.
     :param nbytes: bytes of rows, ``prod(shape) * dtype.itemsize``.
+    :param named: an array made under a name, no copy of a source: never
+        evicted to make room (only by ``unlink``, ``evict`` or ``gc`` once no
+        process maps it).
+    :param writable: a named array processes may map writable.
     """
 
     # pydantic before 2.7 needs this for the np.dtype field, even with its validators.
@@ -194,9 +207,13 @@ class SegmentHeader(BaseModel):
     creator_pid: int
     data_offset: NonNegativeInt
     nbytes: NonNegativeInt
+    named: bool = False
+    writable: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> SegmentHeader:
+        if self.writable and not self.named:
+            raise ValueError("only a named segment can be writable")
         if not KEY_PATTERN.fullmatch(self.key):
             raise ValueError(f"key {self.key!r} is not 32 hexadecimal digits")
         if self.dtype.hasobject:
@@ -248,15 +265,24 @@ def check_key(key: object) -> str:
 
 def encode_header(header: SegmentHeader) -> bytes:
     """The fixed prefix and the JSON header, as written at offset 0 of the file."""
-    text = header.model_dump_json().encode()
+    unset = {field for field in _NAMED_FIELDS if not getattr(header, field)}
+    text = header.model_dump_json(exclude=unset).encode()
     prefix = _PREFIX.pack(MAGIC, len(text))
     return prefix[:12] + _CHECKSUM.pack(zlib.crc32(text)) + text
 
 
 def new_header(
-    key: str, source: SegmentSource, dtype: np.dtype[Any], shape: tuple[int, ...]
+    key: str,
+    source: SegmentSource,
+    dtype: np.dtype[Any],
+    shape: tuple[int, ...],
+    *,
+    named: bool = False,
+    writable: bool = False,
 ) -> SegmentHeader:
     """The header of a new segment of *dtype* and *shape*, its data offset included.
+
+    :param named: a named array (see :class:`SegmentHeader`), *writable* or not.
 
     :raises ArgumentError: a negative dimension, a dtype holding Python
         objects, or a dtype of no bytes.
@@ -277,6 +303,8 @@ def new_header(
         creator_pid=os.getpid(),
         data_offset=PAGE,
         nbytes=math.prod(shape) * dtype.itemsize,
+        named=named,
+        writable=writable,
     )
     # The offset's own digits count in the header's length: size the header for a large one.
     room = len(encode_header(draft.model_copy(update={"data_offset": 1 << 60})))
@@ -301,8 +329,12 @@ def open_in_directory(path: str, flags: int) -> int:
         os.close(dir_fd)
 
 
-def open_segment(path: str, *, shared: bool = False) -> tuple[int, os.stat_result]:
-    """Open the cache file *path* read-only, refusing anything that is not ours and private.
+def open_segment(
+    path: str, *, shared: bool = False, writable: bool = False
+) -> tuple[int, os.stat_result]:
+    """Open the cache file *path*, refusing anything that is not ours and private.
+
+    Read-only, or read-write with *writable* (to map a writable named array).
 
     ``O_NOFOLLOW`` refuses a symbolic link, there or as the directory
     (:func:`open_in_directory`), ``O_NONBLOCK`` keeps a FIFO
@@ -321,7 +353,7 @@ def open_segment(path: str, *, shared: bool = False) -> tuple[int, os.stat_resul
     :raises LockTimeoutError: *shared*, and an exclusive holder did not let go.
     """
     try:
-        fd = open_in_directory(path, _OPEN_FLAGS)
+        fd = open_in_directory(path, _OPEN_FLAGS | (os.O_RDWR if writable else os.O_RDONLY))
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise SegmentError(
@@ -503,43 +535,50 @@ def map_writable(fd: int, header: SegmentHeader) -> tuple[mmap.mmap | None, np.n
     is illegal); the array is then a private empty one.
     """
     if header.nbytes == 0:
-        return None, np.empty(header.shape, dtype=header.dtype)
+        return None, new_empty(header.shape, header.dtype)
     mapping = mmap.mmap(fd, header.nbytes, flags=mmap.MAP_SHARED, offset=header.data_offset)
     return mapping, np.frombuffer(mapping, dtype=header.dtype).reshape(header.shape)
 
 
-def map_readonly(fd: int, header: SegmentHeader) -> tuple[object, np.ndarray[Any, Any]]:
-    """Map the data of the open, shared-locked segment *fd* read-only.
+def map_data(
+    fd: int, header: SegmentHeader, *, writable: bool
+) -> tuple[object, np.ndarray[Any, Any]]:
+    """Map the data of the open, shared-locked segment *fd*, read-only or *writable*.
 
     Returns the mapping's *base*, the object whose life is the mapping's
-    (and the shared lock's), and a read-only array on it.  Arrays made from
-    the base with :func:`view_of` keep it alive.  The caller may close *fd*:
-    the base holds a duplicate of it.
+    (and the shared lock's), and an array on it.  Arrays made from the
+    base with :func:`view_of` keep it alive.  The caller may close *fd*:
+    the base holds a duplicate of it.  *writable* needs a descriptor open
+    for writing and is for writable named segments only (the caller checks).
 
-    ``PROT_READ``: a worker cannot write the shared pages, not even through
-    ``ctypes``; numpy marks the array read-only and refuses to change that.
+    Read-only is ``PROT_READ``: a worker cannot write the shared pages, not
+    even through ``ctypes``; numpy marks the array read-only and refuses to
+    change that.
     """
     if header.nbytes == 0:
         # No pages to map, but the segment is in use all the same: a duplicate
-        # descriptor keeps the shared lock until the array is garbage.
+        # descriptor keeps the shared lock until the array is garbage.  An
+        # array that owns its (no) bytes, so that every view keeps it, and
+        # the descriptor, alive; viewed as the dtype (see _dtype.empty).
         empty = np.empty(header.shape, dtype=header.dtype)
-        empty.flags.writeable = False
+        empty.flags.writeable = writable
         weakref.finalize(empty, os.close, os.dup(fd))
-        return empty, empty.view()
+        return empty, view_of(empty, header)
+    prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
     mapping = mmap.mmap(
-        fd, header.nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=header.data_offset
+        fd, header.nbytes, flags=mmap.MAP_SHARED, prot=prot, offset=header.data_offset
     )
     return mapping, view_of(mapping, header)
 
 
 def view_of(base: object, header: SegmentHeader) -> np.ndarray[Any, Any]:
-    """A new read-only array on the mapping *base* made by :func:`map_readonly`.
+    """A new array on the mapping *base* made by :func:`map_data` (writable as it is).
 
     Each caller gets its own array object (changing its ``shape`` or
     ``dtype`` attributes in place affects no one else); all share the pages.
     """
     if isinstance(base, np.ndarray):
-        same: np.ndarray[Any, Any] = base.view()
+        same: np.ndarray[Any, Any] = base.view(header.dtype)
         return same
     array: np.ndarray[Any, Any] = np.ndarray(
         header.shape, dtype=header.dtype, buffer=cast(mmap.mmap, base)

@@ -42,6 +42,7 @@ import numpy as np
 
 from . import _hdf5, _metadata, _raw
 from ._dtype import check_supported
+from ._dtype import empty as new_empty
 from ._durable import durable_from_env, fsync_dir, fsync_file
 from ._format1 import BACKUP_ATTR, MANIFEST_ATTR, copy_problems, read_manifest
 from ._journal import JournalingFile, journal_path, rollback
@@ -68,7 +69,7 @@ if TYPE_CHECKING:
     from ._handle import Handle
     from ._segment import SegmentSource
 
-__all__ = ["Mode", "Store", "ViewMode", "check_rows_fit", "open_store"]
+__all__ = ["Mode", "Store", "ViewMode", "check_name", "check_rows_fit", "open_store"]
 
 _log = logging.getLogger("shmstore")
 
@@ -88,8 +89,13 @@ def _in_tmp(name: str) -> bool:
     return name.split("/", 1)[0] == _TMP_GROUP
 
 
-def _check_name(name: object) -> str:
-    """The dataset path *name*, checked to stay a plain path inside the file."""
+def check_name(name: object) -> str:
+    """The dataset path *name*, checked to stay a plain path inside the file.
+
+    :raises ArgumentError: not a str, empty, absolute, an empty, ``.`` or ``..``
+        component, characters other than letters, digits, ``_ . -`` and ``/``,
+        or shmstore's own scratch group.
+    """
     if not isinstance(name, str):
         raise ArgumentError(f"a dataset name must be a str, got {type(name).__name__} {name!r}")
     problem = None
@@ -590,9 +596,9 @@ class Store:
         try:
             if not info.shape:
                 return np.asarray(dataset[()], dtype=info.dtype)
-            out = np.empty((stop - start, *info.shape[1:]), dtype=info.dtype)
+            out = new_empty((stop - start, *info.shape[1:]), info.dtype)
             if out.size:
-                dataset.read_direct(out, source_sel=np.s_[start:stop])
+                dataset.read_direct(_hdf5.as_stored(out), source_sel=np.s_[start:stop])
         except (OSError, RuntimeError, ValueError) as err:
             why = _hdf5.missing_filters(dataset) or str(err)
             raise InvalidStoreError(
@@ -1072,10 +1078,12 @@ class Store:
             raw file directory is not writable.
         :raises ArgumentError: a bad name, a scalar, a bad filter, or *name*
             exists and *overwrite* is false.
-        :raises UnsupportedDtypeError: object, unicode or variable-length dtypes.
+        :raises UnsupportedDtypeError: Python objects, variable-length data or
+            references (every fixed-size dtype is stored: unicode, datetime64 and
+            timedelta64 as HDF5 opaque data, see ``docs/design.md``).
         """
         self._check_writable(f"write {name!r}")
-        _check_name(name)
+        check_name(name)
         arr = _as_rows(array, f"array for {name!r}")
         exists = name in self
         if exists and not overwrite:
@@ -1194,7 +1202,9 @@ class Store:
             options["maxshape"] = (None, *arr.shape[1:])
             options.setdefault("chunks", True)
         try:
-            self._file.create_dataset(temporary, data=arr, **options)
+            # Unicode and datetimes go to h5py tagged as opaque (_hdf5.storage_dtype).
+            data = _hdf5.as_stored(arr)
+            self._file.create_dataset(temporary, data=data, dtype=data.dtype, **options)
         except (ValueError, TypeError, OSError) as err:
             raise ArgumentError(
                 f"cannot create a dataset with chunks={chunks!r}, compression={compression!r}: "
@@ -1216,7 +1226,7 @@ class Store:
         """
         self._check_writable(f"append to {name!r}")
         if name not in self:
-            _check_name(name)
+            check_name(name)
             return self.write(name, rows, appendable=True)
         info = self.info(name)
         arr = _as_rows(rows, f"rows appended to {name!r}")
@@ -1277,7 +1287,7 @@ class Store:
                 dataset.id.set_extent((new, *info.shape[1:]))
             else:
                 dataset.resize(new, axis=0)
-                dataset[old:new] = data
+                dataset[old:new] = _hdf5.as_stored(data)
                 grown = grown.model_copy(update={"chunk_digest": _chunk_digest(dataset)})
             self._file.flush()
             _metadata.write_record(self._file, dataset, _metadata.record_of(grown), flush=in_place)

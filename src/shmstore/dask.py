@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from ._dtype import empty as new_empty
 from ._handle import Handle
 from ._store import Store, open_store
 from .errors import ArgumentError, CacheFullError, LayoutError, RowsError
@@ -344,7 +345,7 @@ def _from_open_store(store: Store, name: str, rows: object, chunks: Any) -> da.A
     starts = np.cumsum((0, *normal[0][:-1])).tolist() if normal[0] else [0]
     blocks = _Blocks(handle, starts)
     token = tokenize(handle, normal)
-    meta = np.empty((0,) * len(shape), dtype=handle.dtype)
+    meta = new_empty((0,) * len(shape), handle.dtype)
     array: da.Array = from_array(
         blocks,
         chunks=normal,

@@ -20,6 +20,7 @@ __all__ = [
     "ReadOnlyError",
     "RowsError",
     "SegmentError",
+    "SegmentExistsError",
     "SegmentNotFoundError",
     "ShmStoreError",
     "StoreNotFoundError",
@@ -84,6 +85,10 @@ class UnsupportedDtypeError(ShmStoreError, TypeError):
 
 class SegmentError(ShmStoreError, OSError):
     """A cache file is damaged, foreign, or unsafe to map."""
+
+
+class SegmentExistsError(SegmentError, FileExistsError):
+    """The cache holds a segment of that key already (a named array is made once)."""
 
 
 class SegmentNotFoundError(ShmStoreError, KeyError, FileNotFoundError):

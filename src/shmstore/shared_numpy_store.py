@@ -14,8 +14,12 @@ what the original got wrong:
   appendable (contiguous, in a raw file beside the HDF5 file), so all three
   load modes work after :meth:`~SharedNumpyStore.save` and after
   :meth:`~SharedNumpyStore.append_save` alike.
-* Arrays in shared memory are read-only: a worker cannot corrupt what the
-  other processes of the node see.
+* Copies of saved arrays in shared memory (``load(mode="shared_memory")``,
+  :func:`shared_array_from_disk`) are read-only: a worker cannot corrupt
+  what the other processes of the node see.  Named arrays made from numpy
+  or empty (:func:`shared_array_from_numpy`, :func:`shared_array_empty`)
+  are writable, as the original's were: output buffers that workers fill
+  in place.  Concurrent writes to them are the caller's business.
 * A shared copy is never stale: ``load`` checks the files (one ``stat``
   each) and serves the current version after any change, here or in
   another process.
@@ -33,10 +37,10 @@ what the original got wrong:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import re
 import secrets
 import warnings
 import weakref
@@ -57,20 +61,25 @@ from ._diskarray import (
     parse_shape,
 )
 from ._dtype import check_supported, dtype_to_spec
+from ._dtype import empty as new_empty
 from ._fill import FileBlock
 from ._handle import Handle, cache_for
 from ._load import BLOCK_BYTES
+from ._original import Original, originals_named, scan
 from ._rows import resolve_rows
 from ._segment import FileIdentity, SegmentHeader, SegmentSource, segment_key
 from ._signals import Uninterruptible
-from ._store import Store, check_rows_fit, open_store
+from ._store import Store, check_name, check_rows_fit, open_store
 from .errors import (
     ArgumentError,
     ArrayNotFoundError,
     LayoutError,
     ManifestError,
+    ReadOnlyError,
     SegmentError,
+    SegmentExistsError,
     SegmentNotFoundError,
+    ShmStoreError,
     StoreNotFoundError,
     UnsupportedDtypeError,
 )
@@ -79,9 +88,12 @@ __all__ = [
     "LOADER_FILE",
     "STORE_FILE",
     "ArrayNotInStoreError",
+    "ImportReport",
     "Loader",
     "LoaderDescription",
     "NotInSharedMemoryError",
+    "OriginalFile",
+    "OriginalNotImportedError",
     "SharedArrayExistsError",
     "SharedArrayHandle",
     "SharedNumpyStore",
@@ -89,6 +101,7 @@ __all__ = [
     "check",
     "dump",
     "memmap_from_disk",
+    "shared_array_empty",
     "shared_array_from_disk",
     "shared_array_from_numpy",
     "shared_array_from_shared_mem_name",
@@ -104,7 +117,6 @@ _RESERVED_NAMES = ("Loader.pickle", "Loader.json")  # the data base's own files
 _LOAD_MODES = ("shared_memory", "memmap", "memory")
 _NAME_LIMIT = 255  # characters in the name of a shared array
 # The original kept each array in a raw file named <name>__<shape joined by _>__<dtype>.
-_ORIGINAL_FILE = re.compile(r"(?P<name>.+?)__(?P<shape>[0-9_]*?)__(?P<dtype>[^_].*)")
 
 
 # -- errors -------------------------------------------------------------------------
@@ -121,8 +133,68 @@ class ArrayNotInStoreError(ArrayNotFoundError, ValueError):
     """No array of that name was saved: a ``KeyError`` and, as in the original, a ``ValueError``."""
 
 
-class SharedArrayExistsError(SegmentError, FileExistsError):
-    """A shared array of that name exists already (with other contents)."""
+class SharedArrayExistsError(SegmentExistsError):
+    """A shared array of that name exists already (with other contents): a ``FileExistsError``."""
+
+
+class OriginalNotImportedError(ShmStoreError, FileExistsError):
+    """A file of the original module holds the array being written, and it is not imported.
+
+    Writing the name would hide the file's rows: run
+    :meth:`SharedNumpyStore.import_original` first.
+    """
+
+
+# -- what import_original did ----------------------------------------------------------
+
+_Outcome = Literal["imported", "skipped", "refused"]
+
+
+class OriginalFile(BaseModel):
+    """One file of the original module, and what :meth:`SharedNumpyStore.import_original` did.
+
+    :param file: the file's name in the working directory.
+    :param name: the array its name says it holds (``None`` when it says none).
+    :param outcome: ``"imported"``, ``"skipped"`` (in the store already, or
+        no array) or ``"refused"`` (an array that cannot be imported until
+        fixed; :attr:`reason` says what to do).
+    :param reason: why, in words.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    file: str
+    name: str | None
+    outcome: Literal["imported", "skipped", "refused"]
+    reason: str
+
+
+class ImportReport(BaseModel):
+    """What :meth:`SharedNumpyStore.import_original` did with each file, by file name."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    files: tuple[OriginalFile, ...] = ()
+
+    @property
+    def imported(self) -> list[str]:
+        """The names of the arrays imported, sorted."""
+        return sorted(f.name for f in self.files if f.outcome == "imported" and f.name)
+
+    @property
+    def skipped(self) -> list[OriginalFile]:
+        """The files skipped: arrays in the store already, and files that hold no array."""
+        return [f for f in self.files if f.outcome == "skipped"]
+
+    @property
+    def refused(self) -> list[OriginalFile]:
+        """The files that could not be imported, each with what to do."""
+        return [f for f in self.files if f.outcome == "refused"]
+
+    def __str__(self) -> str:
+        if not self.files:
+            return "no files of the original shared_numpy_store"
+        return "\n".join(f"{f.file}: {f.outcome} ({f.reason})" for f in self.files)
 
 
 # -- shared arrays by name ---------------------------------------------------------
@@ -149,17 +221,23 @@ def _cache(cache: Cache | None) -> Cache:
 class SharedArrayHandle:
     """A named array in the node's shared memory, as the ``shared_array_*`` functions return.
 
-    It keeps the array mapped, and so kept in the cache, until :meth:`close`;
-    pickled, it attaches by name in the process that unpickles it.
+    Like the original's handle (``multiprocessing.shared_memory.SharedMemory``):
+    ``name``, :attr:`buf`, ``size``, :meth:`close`, :meth:`unlink`.
+    It keeps the array mapped until :meth:`close`; pickled, it attaches by
+    name in the process that unpickles it, writable if it was.
 
     :ivar name: the name other processes attach with
         (:func:`shared_array_from_shared_mem_name`).
+    :ivar writable: whether this handle's array may be written.
     """
 
-    def __init__(self, name: str, array: np.ndarray[Any, Any], cache: Cache) -> None:
+    def __init__(
+        self, name: str, array: np.ndarray[Any, Any], cache: Cache, writable: bool = False
+    ) -> None:
         self.name = name
         self._cache = cache
         self._array: np.ndarray[Any, Any] | None = array
+        self.writable = writable
         self.shape: tuple[int, ...] = array.shape
         self.dtype: np.dtype[Any] = array.dtype
         self.size = array.nbytes
@@ -172,20 +250,24 @@ class SharedArrayHandle:
 
     @property
     def buf(self) -> memoryview:
-        """A read-only memoryview of the bytes.
+        """A memoryview of the bytes: writable when the handle is, else read-only.
 
         :raises ValueError: the handle is closed.
         """
         if self._array is None:
             raise ValueError(f"the handle of shared array {self.name!r} is closed")
-        return self._array.reshape(-1).view(np.uint8).data if self.size else memoryview(b"")
+        if not self.size:
+            return memoryview(bytearray() if self.writable else b"")
+        return self._array.reshape(-1).view(np.uint8).data
 
     def close(self) -> None:
         """Drop this handle's mapping (idempotent).
 
         Arrays returned with the handle stay valid while referenced: the
-        pages go when the last of them is garbage.  Once no process maps
-        the array, the cache may evict it when it needs room.
+        pages go when the last of them is garbage.  A named array stays in
+        the cache until :meth:`unlink`, or until ``shmstore evict`` or
+        ``gc`` once no process maps it; a copy of a file (made by
+        :func:`shared_array_from_disk`) may be evicted once no process maps it.
         """
         self._array = None
 
@@ -196,68 +278,122 @@ class SharedArrayHandle:
         """
         self._cache.unlink(self.key)
 
-    def __reduce__(self) -> tuple[Any, tuple[str, Cache]]:
-        return (_attach_handle, (self.name, self._cache))
+    def __reduce__(self) -> tuple[Any, tuple[str, Cache, bool]]:
+        return (_attach_handle, (self.name, self._cache, self.writable))
 
     def __repr__(self) -> str:
         state = "closed" if self._array is None else "open"
+        access = "writable" if self.writable else "read-only"
         return (
             f"<SharedArrayHandle {self.name!r}: {self.shape} {self.dtype}, "
-            f"{self.size} bytes, {state}>"
+            f"{self.size} bytes, {access}, {state}>"
         )
 
 
-def _attach_handle(name: str, cache: Cache) -> SharedArrayHandle:
-    return shared_array_from_shared_mem_name(name, cache=cache)[0]
+def _attach_handle(name: str, cache: Cache, writable: bool = False) -> SharedArrayHandle:
+    return shared_array_from_shared_mem_name(name, writable=writable, cache=cache)[0]
 
 
-def shared_array_from_numpy(
-    arr: object, name: str | None = None, *, cache: Cache | None = None
-) -> tuple[SharedArrayHandle, np.ndarray[Any, Any]]:
-    """Copy *arr* into the node's shared memory, as the shared array *name*.
-
-    :param name: what other processes attach it by; default a new unique name.
-    :returns: the handle and the read-only shared array.
-    :raises SharedArrayExistsError: (a ``FileExistsError``) a shared array
-        of that name exists: attach it with
-        :func:`shared_array_from_shared_mem_name`, or unlink it first.
-    :raises UnsupportedDtypeError: a dtype holding Python objects, text or datetimes.
-    :raises CacheFullError: no room in the cache.
-    """
-    source_array = np.asarray(arr)
-    check_supported(source_array.dtype, "the array")
-    name = _check_shared_name(f"shmstore-{secrets.token_hex(8)}" if name is None else name)
-    found = _cache(cache)
-    key = _name_key(name)
-
-    def exists() -> SharedArrayExistsError:
-        return SharedArrayExistsError(
-            f"a shared array named {name!r} exists already in {found.directory}: attach it "
-            f"with shared_array_from_shared_mem_name({name!r}), or unlink it first"
-        )
-
-    if found.find(key, recheck=True) is not None:
-        raise exists()
-    loaded = []
-    source = SegmentSource(
+def _memory_source(name: str, shape: tuple[int, ...]) -> SegmentSource:
+    """What a named array made in memory is: no file, its name, its rows."""
+    return SegmentSource(
         path="<memory>",
         identity=(),
         dataset=name,
         version=0,
         start=0,
-        stop=source_array.shape[0] if source_array.ndim else 0,
+        stop=shape[0] if shape else 0,
     )
-    shared = found.get(
-        source,
+
+
+def _make_named(
+    name: str | None,
+    dtype: np.dtype[Any],
+    shape: tuple[int, ...],
+    fill: Callable[[np.ndarray[Any, Any]], object] | None,
+    *,
+    writable: bool,
+    cache: Cache | None,
+) -> tuple[SharedArrayHandle, np.ndarray[Any, Any]]:
+    """Make the named array *name* in the cache (see :meth:`Cache.create`)."""
+    name = _check_shared_name(f"shmstore-{secrets.token_hex(8)}" if name is None else name)
+    found = _cache(cache)
+    try:
+        shared = found.create(
+            _name_key(name), _memory_source(name, shape), dtype, shape, fill, writable=writable
+        )
+    except SegmentExistsError as err:
+        raise SharedArrayExistsError(
+            f"a shared array named {name!r} exists already in {found.directory}: attach it "
+            f"with shared_array_from_shared_mem_name({name!r}), or unlink it first"
+        ) from err
+    return SharedArrayHandle(name, shared, found, writable), shared
+
+
+def shared_array_from_numpy(
+    arr: object,
+    name: str | None = None,
+    *,
+    writable: bool = True,
+    cache: Cache | None = None,
+) -> tuple[SharedArrayHandle, np.ndarray[Any, Any]]:
+    """Copy *arr* into the node's shared memory, as the named array *name*.
+
+    Every process of the node attaches it by name
+    (:func:`shared_array_from_shared_mem_name`) and sees the same pages:
+    with *writable*, as in the original, a write by one is seen by all
+    (output buffers that workers fill in place; who writes what, when, is
+    the caller's business: nothing is locked).  The cache's budget counts
+    it but never evicts it: it lives until ``handle.unlink()``, or
+    ``shmstore evict``/``gc`` once no process maps it, or until the cache
+    directory (``$JOB_SHMTMPDIR`` of a SLURM job) is removed.
+
+    :param name: what other processes attach it by; default a new unique name.
+    :param writable: ``False`` makes it read-only for every process (what
+        this function gave before writable arrays existed).
+    :returns: the handle and the shared array.
+    :raises SharedArrayExistsError: (a ``FileExistsError``) a shared array
+        of that name exists: attach it with
+        :func:`shared_array_from_shared_mem_name`, or unlink it first.
+    :raises UnsupportedDtypeError: a dtype holding Python objects.
+    :raises CacheFullError: no room in the cache, even after evicting every
+        unused cached copy (named arrays are not evicted).
+    """
+    source_array = np.asarray(arr)
+    check_supported(source_array.dtype, "the array")
+    return _make_named(
+        name,
         source_array.dtype,
         source_array.shape,
         lambda out: np.copyto(out, source_array),
-        key=key,
-        on_load=lambda: loaded.append(True),
+        writable=writable,
+        cache=cache,
     )
-    if not loaded:  # another process made it between our look and our lock
-        raise exists()
-    return SharedArrayHandle(name, shared, found), shared
+
+
+def shared_array_empty(
+    shape: object,
+    dtype: object = np.float64,
+    name: str | None = None,
+    *,
+    cache: Cache | None = None,
+) -> tuple[SharedArrayHandle, np.ndarray[Any, Any]]:
+    """Make a writable named array of *shape* and *dtype*, filled with zeros.
+
+    The original made such output buffers with ``SharedMemory(name,
+    create=True, size=...)`` and an ``np.ndarray`` on its buffer; this is
+    that in one call.  Shared, counted and kept as
+    :func:`shared_array_from_numpy` with ``writable=True``.
+
+    :returns: the handle and the shared array.
+    :raises SharedArrayExistsError: a shared array of that name exists.
+    :raises ArgumentError: a bad shape or dtype.
+    :raises UnsupportedDtypeError: a dtype holding Python objects.
+    :raises CacheFullError: no room in the cache.
+    """
+    dims = parse_shape(shape, "a shared array")
+    item = parse_dtype(dtype, "a shared array")
+    return _make_named(name, item, dims, None, writable=True, cache=cache)
 
 
 def _disk_source(
@@ -366,6 +502,7 @@ def shared_array_from_shared_mem_name(
     shape: object = None,
     dtype: object = None,
     *,
+    writable: bool | None = None,
     cache: Cache | None = None,
 ) -> tuple[SharedArrayHandle, np.ndarray[Any, Any]]:
     """Attach the shared array *fname* made by any process of the node.
@@ -373,8 +510,15 @@ def shared_array_from_shared_mem_name(
     A shared array describes itself: *shape* and *dtype* may be omitted;
     given, they are checked.
 
+    :param writable: ``None``: as it was made (writable for a named array
+        made writable, as the original's were; read-only for a copy of a
+        file); ``True``: writable, or an error; ``False``: read-only (a
+        process that only reads cannot write by mistake).
     :raises SegmentNotFoundError: (a ``FileNotFoundError``) no shared array
-        of that name: never made, unlinked, or evicted once no process mapped it.
+        of that name: never made, or unlinked (or, for a copy of a file,
+        evicted once no process mapped it).
+    :raises ReadOnlyError: (a ``PermissionError``) *writable* is ``True``
+        and the array is a copy of a file or was made with ``writable=False``.
     :raises ArgumentError: *shape* or *dtype* given and not the array's.
     :raises SegmentError: it is a copy of a file that has changed since.
     """
@@ -382,12 +526,12 @@ def shared_array_from_shared_mem_name(
     found = _cache(cache)
     key = _name_key(name)
     try:
-        shared = found.attach(key, recheck=True)
+        shared = found.attach(key, recheck=True)  # read-only first: what the name holds now
     except SegmentNotFoundError as err:
         raise SegmentNotFoundError(
             f"no shared array named {name!r} in {found.directory}: it was never made, or "
             "was unlinked, or evicted once no process mapped it; make it with "
-            "shared_array_from_numpy or shared_array_from_disk"
+            "shared_array_from_numpy, shared_array_empty or shared_array_from_disk"
         ) from err
     header = found.header(key)
     _check_current(header, name)
@@ -402,7 +546,21 @@ def shared_array_from_shared_mem_name(
             f"the shared array {name!r} is {shared.shape} {shared.dtype}, not the "
             f"{' and '.join(wanted)} given: omit shape and dtype to take its own"
         )
-    return SharedArrayHandle(name, shared, found), shared
+    if writable is None:
+        writable = header.writable
+    if writable:
+        try:
+            shared = found.attach(key, recheck=True, writable=True)
+        except ReadOnlyError as err:
+            made = (
+                "was made with writable=False"
+                if header.named
+                else "is a copy of a file, which is only ever shared read-only"
+            )
+            raise ReadOnlyError(
+                f"the shared array {name!r} {made}: attach it with writable=False (or None)"
+            ) from err
+    return SharedArrayHandle(name, shared, found, writable), shared
 
 
 def _check_current(header: SegmentHeader, name: str) -> None:
@@ -468,7 +626,7 @@ def _check_array_name(name: object) -> str:
             f"{name!r} contains '__', which the original shared_numpy_store reserves in its "
             "file names; choose a name without a double underscore"
         )
-    return name
+    return check_name(name)
 
 
 def _reopen(working_dir: str, cache: Cache | None) -> SharedNumpyStore:
@@ -547,7 +705,7 @@ class SharedNumpyStore:
             hint = (
                 ", but files of the original shared_numpy_store are: import them with "
                 "import_original()"
-                if _original_files(self.path.parent)
+                if scan(self.path.parent)
                 else ""
             )
             raise ArrayNotInStoreError(
@@ -557,7 +715,7 @@ class SharedNumpyStore:
     def _require(self, store: Store, name: str) -> None:
         if name not in store:
             known = ", ".join(repr(n) for n in store.names()[:20]) or "none"
-            original = _original_files(self.path.parent).get(name)
+            original = originals_named(self.path.parent, name)
             hint = (
                 f"; {original[0].name} there was written by the original shared_numpy_store: "
                 "import it with import_original()"
@@ -584,6 +742,25 @@ class SharedNumpyStore:
 
     # -- writing ------------------------------------------------------------------
 
+    def _refuse_hiding(self, name: str) -> None:
+        """Refuse to write *name* while a file of the original holds it and the store does not.
+
+        The write would hide the file's rows: a later :meth:`import_original`
+        skips a name the store holds.  One ``scandir`` of the working
+        directory; the store is opened only when such a file is there.
+
+        :raises OriginalNotImportedError: there is such a file.
+        """
+        files = originals_named(self.path.parent, name)
+        if not files or name in self:
+            return
+        raise OriginalNotImportedError(
+            f"{files[0].name} in {self.working_dir} holds the original shared_numpy_store's "
+            f"array {name!r}, which is not in the store yet: writing {name!r} now would hide "
+            "its rows. Run import_original() first (append_save then adds to its rows), or "
+            "move the file away if its rows are not wanted"
+        )
+
     def save(self, arr: object, name: str) -> None:
         """Save *arr* as *name*, replacing an array of that name.
 
@@ -592,11 +769,20 @@ class SharedNumpyStore:
         and not yet flushed are dropped (the new array replaces them too).
 
         :raises ArgumentError: a reserved name (``Loader.pickle``,
-            ``Loader.json``, one containing ``__``), or one the store refuses
-            (empty, starting with ``.``); a scalar instead of an array.
-        :raises UnsupportedDtypeError: a dtype shmstore does not store.
+            ``Loader.json``, one containing ``__``), or one the store refuses:
+            empty, starting with ``/``, with an empty, ``.`` or ``..`` part, or
+            with characters other than letters, digits, ``_``, ``.``, ``-``
+            and ``/`` (which makes groups: ``"run1/voltages"``).  Names
+            starting with ``.`` are allowed (``".hidden"``); a scalar
+            instead of an array is refused.
+        :raises UnsupportedDtypeError: a dtype holding Python objects or variable-length
+            data (every fixed-size dtype is stored, unicode and datetimes too).
+        :raises OriginalNotImportedError: (a ``FileExistsError``) a file of the
+            original module holds *name* and the store does not: run
+            :meth:`import_original` first.
         """
         _check_array_name(name)
+        self._refuse_hiding(name)
         self._pending.pop(name, None)
         with self._open("a") as store:
             store.write(name, arr, appendable=True, overwrite=True)
@@ -611,9 +797,13 @@ class SharedNumpyStore:
         :raises LayoutError: (a ``ValueError``) rows of another trailing
             shape than the array's.
         :raises UnsupportedDtypeError: (a ``TypeError``) rows of another dtype than the array's.
-        :raises ArgumentError: a reserved or refused name, or a scalar.
+        :raises ArgumentError: a reserved or refused name (as :meth:`save`), or a
+            scalar; checked now, also with ``autoflush=False``.
+        :raises OriginalNotImportedError: as :meth:`save`, also with ``autoflush=False``.
         """
         _check_array_name(name)
+        if name not in self._pending:
+            self._refuse_hiding(name)
         rows = np.array(arr, copy=True)  # the caller may reuse its buffer before the flush
         if rows.ndim == 0:
             raise ArgumentError(
@@ -704,40 +894,53 @@ class SharedNumpyStore:
         if keys:
             self.cache.evict(keys)
 
-    def import_original(self) -> list[str]:
+    def import_original(self) -> ImportReport:
         """Save into this store the arrays the original module left in the working directory.
 
         The original kept each array in a raw file named
-        ``<name>__<shape>__<dtype>`` (``voltages__1000_16__float64``).  Each
-        such array not yet in the store is copied in (appendable, 64 MiB at
-        a time); arrays already in the store are skipped, and the original
-        files are left for you to remove.  Bytes past the shape in a file's
-        name (rows the original appended with ``autoflush=False`` and never
-        flushed, which it never served either) are not imported.
+        ``<name>__<shape>__<dtype>`` (``voltages__1000_16__float64``,
+        ``labels__20__<U8``, ``events__5__[('t', '<M8[ns]'), ('v', '<f4')]``).
+        Every such file is looked at and reported on; each array it can
+        import is copied in whole or not at all (appendable, as the
+        original's files were), whatever happens to the others.  Run it
+        again after fixing what it refused: what is in the store by then is
+        skipped, the rest is tried again.  The files are left for you to
+        remove.
 
-        :returns: the names imported, sorted.
-        :raises ArgumentError: a file is shorter than its name says.
+        * imported: the array, in its dtype.  Bytes past the shape in a
+          file's name (rows the original appended with ``autoflush=False``
+          and never flushed, which it never served either) are not imported,
+          and the report says how many there were.
+        * skipped: the name is in the store already; or the file is no
+          array (an unfinished ``.saving`` file, a directory, a name not of
+          the original's form).
+        * refused: a file shorter than its name says; a dtype numpy does not
+          understand or shmstore does not store; a 0-d array (the original
+          could not load those); a name the store refuses; two files holding
+          the same name; a failure while writing.
+
+        :returns: an :class:`ImportReport`: per file, by file name, what
+            happened and why; ``report.imported`` lists the names imported.
+        :raises ReadOnlyError: the store cannot be written.
         """
-        originals = _original_files(self.path.parent)
-        if not originals:
-            return []
-        existing = set(self.names())
-        imported = []
-        with self._open("a") as store:
-            for name, (path, shape, dtype) in sorted(originals.items()):
-                if name in existing or name in _RESERVED_NAMES or not shape:
-                    continue
-                size = path.stat().st_size
-                if size < expected_nbytes(shape, dtype):
-                    raise ArgumentError(
-                        f"{path} is {size} bytes, shorter than the {expected_nbytes(shape, dtype)} "
-                        f"its name promises ({shape} {dtype}): it is damaged; nothing of it "
-                        "was imported"
+        found = scan(self.path.parent)
+        outcomes: list[OriginalFile] = []
+        with contextlib.ExitStack() as stack:
+            store: Store | None = None
+            for original in found:
+                outcome: _Outcome
+                if original.problem is not None:
+                    outcome, reason = original.outcome, original.problem
+                else:
+                    if store is None:  # only now: a directory of refusals gets no store file
+                        store = stack.enter_context(self._open("a"))
+                    outcome, reason = _import_one(store, original)
+                outcomes.append(
+                    OriginalFile(
+                        file=original.path.name, name=original.name, outcome=outcome, reason=reason
                     )
-                disk = DiskArray(path, "raw", 0, dtype, shape)
-                _write_blocks(store, name, disk.memmap, shape[0], disk.row_nbytes)
-                imported.append(name)
-        return imported
+                )
+        return ImportReport(files=tuple(outcomes))
 
     # -- reading ------------------------------------------------------------------
 
@@ -812,24 +1015,32 @@ class SharedNumpyStore:
         return array
 
 
-def _original_files(directory: Path) -> dict[str, tuple[Path, tuple[int, ...], np.dtype[Any]]]:
-    """The arrays the original module left in *directory*: name -> (file, shape, dtype)."""
-    found: dict[str, tuple[Path, tuple[int, ...], np.dtype[Any]]] = {}
+def _import_one(store: Store, original: Original) -> tuple[_Outcome, str]:
+    """Import the file *original* (which :func:`scan` found importable) into *store*."""
+    name, shape, dtype = original.name, original.shape, original.dtype
+    if name is None or not shape or dtype is None:  # scan refuses these: never here
+        return "refused", "its name does not say the array's name, shape and dtype"
+    if name in store:
+        info = store.info(name)
+        return "skipped", (
+            f"{name!r} is in the store already ({info.shape} {info.dtype}); remove the file "
+            "once you no longer need it"
+        )
+    disk = DiskArray(original.path, "raw", 0, dtype, shape)
     try:
-        entries = sorted(directory.iterdir())
-    except OSError:
-        return found
-    for entry in entries:
-        match = _ORIGINAL_FILE.fullmatch(entry.name)
-        if match is None or entry.name.endswith(".saving") or not entry.is_file():
-            continue
-        try:
-            shape = tuple(int(n) for n in match["shape"].split("_")) if match["shape"] else ()
-            dtype = np.dtype(match["dtype"])
-        except (TypeError, ValueError):
-            continue  # not a name the original made
-        found[match["name"]] = (entry, shape, dtype)
-    return found
+        size = original.path.stat().st_size
+        # One write, journaled: a failure or a kill leaves nothing of it in the store.
+        store.write(name, disk.memmap(0, shape[0]), appendable=True)
+    except (ShmStoreError, OSError, ValueError, TypeError) as err:
+        return "refused", f"writing it into the store failed, nothing of it was kept: {err}"
+    extra = size - original.nbytes
+    unflushed = (
+        f"; its last {extra} bytes, past the shape in its name, were not (rows appended with "
+        "autoflush=False that the original never flushed, nor served)"
+        if extra
+        else ""
+    )
+    return "imported", f"imported as {shape} {dtype}{unflushed}"
 
 
 def _write_blocks(
@@ -846,6 +1057,20 @@ def _write_blocks(
         store.append(name, read(first, min(first + step, rows)))
 
 
+def _join(parts: list[np.ndarray[Any, Any]]) -> np.ndarray[Any, Any]:
+    """*parts* one after the other, of exactly their dtype.
+
+    ``np.concatenate`` returns native byte order, which changes the bytes of
+    big-endian rows (and cannot convert generic datetimes back).
+    """
+    joined = new_empty((sum(len(p) for p in parts), *parts[0].shape[1:]), parts[0].dtype)
+    first = 0
+    for part in parts:
+        joined[first : first + len(part)] = part
+        first += len(part)
+    return joined
+
+
 def _append_blocks(store: Store, name: str, parts: list[np.ndarray[Any, Any]]) -> None:
     """Append *parts* to *name* in *store*, joined into blocks of up to :data:`BLOCK_BYTES`."""
     block: list[np.ndarray[Any, Any]] = []
@@ -853,7 +1078,7 @@ def _append_blocks(store: Store, name: str, parts: list[np.ndarray[Any, Any]]) -
     for part in [*parts, None]:
         if part is None or (block and size + part.nbytes > BLOCK_BYTES):
             if block:
-                store.append(name, block[0] if len(block) == 1 else np.concatenate(block))
+                store.append(name, block[0] if len(block) == 1 else _join(block))
             block, size = [], 0
         if part is not None:
             block.append(part)
@@ -890,6 +1115,9 @@ def dump(obj: SharedNumpyStore | None, savedir: str | os.PathLike[str]) -> None:
         *savedir*), or a :class:`SharedNumpyStore`, whose arrays are copied
         into *savedir* when it lives elsewhere (pending rows flushed first).
     :raises ArgumentError: *obj* is anything else.
+    :raises OriginalNotImportedError: *savedir* holds a file of the original
+        module for an array of *obj* that its store lacks (the copy would hide
+        it): run ``SharedNumpyStore(savedir).import_original()`` first.
     """
     if not check(obj):
         raise ArgumentError(
@@ -898,6 +1126,8 @@ def dump(obj: SharedNumpyStore | None, savedir: str | os.PathLike[str]) -> None:
         )
     target = SharedNumpyStore(savedir)
     if isinstance(obj, SharedNumpyStore):
+        for name in [*obj.names(), *obj._pending]:
+            target._refuse_hiding(name)
         obj.flush()
         if obj.path.exists() and not (target.path.exists() and obj.path.samefile(target.path)):
             _copy_arrays(obj.path, target.path)
@@ -962,7 +1192,41 @@ def _read_description(savedir: str | os.PathLike[str]) -> LoaderDescription:
 
 
 class Loader:
-    """The data base's loader of a directory :func:`dump` made."""
+    """The data base's loader of a directory :func:`dump` made.
+
+    The data base loads a dumped object by reading ``Loader.json``, taking
+    out its ``"Loader"`` key, importing that module and calling
+    ``Loader(**rest).get(savedir)``, with ``meta=`` added when an
+    ``object_meta.json`` lies beside it.  This class takes exactly that:
+    the other keys :func:`dump` writes (``format``, ``format_version``,
+    ``store``; each may be omitted, ``Loader()`` works) and ``meta``.
+
+    :param meta: the object's metadata the data base read from
+        ``object_meta.json``; kept as :attr:`meta`, not used.
+    :raises ManifestError: (a ``ValueError``) a key :func:`dump` does not
+        write, or a value it does not write (another format or version).
+    """
+
+    def __init__(self, meta: object = None, **description: object) -> None:
+        self.meta = meta
+        """What the data base passed as ``meta`` (``None`` when it passed nothing)."""
+        try:
+            LoaderDescription.model_validate(
+                {"Loader": "shmstore.shared_numpy_store", **description}
+            )
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'the top'}: {e['msg']}" for e in err.errors()
+            )
+            raise ManifestError(
+                f"Loader() takes the keys dump() writes into {LOADER_FILE} (format, "
+                f"format_version, store) and meta; got {sorted(description)} ({problems}): "
+                "write the description again with "
+                "shmstore.shared_numpy_store.dump(None, savedir)"
+            ) from err
+
+    def __repr__(self) -> str:
+        return "Loader()" if self.meta is None else f"Loader(meta={self.meta!r})"
 
     def get(self, savedir: str | os.PathLike[str]) -> SharedNumpyStore:
         """The :class:`SharedNumpyStore` of *savedir*, after checking its ``Loader.json``.

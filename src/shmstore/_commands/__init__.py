@@ -77,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub = command(
         "ls",
-        "the node's cache: key, source file, dataset, rows, size, in use, age; totals",
+        "the node's cache: key, source file (or named array), dataset, rows, size, in use, "
+        "age; totals",
         "directory; budget, used, free (bytes: the cache's budget, the bytes of its slices, "
         "the free space of its file system); in_use (slices a process maps); entries "
         "[CacheEntry fields as Cache.entries() reports them (created and last_access in unix "

@@ -37,6 +37,13 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
+def _origin(entry: CacheEntry) -> str:
+    """The file a slice is a copy of, or what kind of named array it is."""
+    if entry.named:
+        return "named, writable" if entry.writable else "named, read-only"
+    return Path(entry.path).name
+
+
 def ls(args: argparse.Namespace) -> int:
     """List the node's cached slices, with totals against the budget and the free space."""
     cache = _cache(args)
@@ -67,7 +74,7 @@ def ls(args: argparse.Namespace) -> int:
         rows = [
             (
                 e.key,
-                Path(e.path).name,
+                _origin(e),
                 e.dataset if len(e.dataset) <= 40 else e.dataset[:37] + "...",
                 f"{e.rows[0]}:{e.rows[1]}",
                 human_bytes(e.nbytes),
@@ -123,6 +130,10 @@ def _why_kept(cache: Cache, entry: CacheEntry) -> str:
         stale = not all(i.is_current() for i in cache.header(entry.key).source.identity)
     except (OSError, SegmentError):
         stale = False
+    if entry.named and not entry.in_use:
+        return "a named array no process maps: gc removes it"
+    if entry.named:
+        return "in use: a process maps this named array"
     if entry.in_use:
         if stale:
             return "in use: its file changed, but a process maps it; gc removes it once unmapped"
