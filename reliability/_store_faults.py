@@ -796,8 +796,9 @@ def _changed_case(case: ChangedCase) -> tuple[str, str]:
 
 
 def _segments(cache_dir: str) -> set[str]:
+    """Keys of the cached blocks, current (``.seg``) or retired while mapped (``.stale``)."""
     return (
-        {p.name for p in Path(cache_dir).iterdir() if p.name.endswith(".seg")}
+        {p.name.split(".")[0] for p in Path(cache_dir).iterdir() if p.suffix in (".seg", ".stale")}
         if Path(cache_dir).is_dir()
         else set()
     )

@@ -54,8 +54,8 @@ def origin_of(handle: shmstore.Handle) -> tuple[int, float, int, str]:
     The same for every process that maps the copy of one load.
     """
     cache = handle.cache
-    header = cache.header(handle.key)
-    inode = os.stat(cache.directory / f"{handle.key}.seg").st_ino
+    header = cache.header(handle.keys[0])
+    inode = os.stat(cache.directory / f"{handle.keys[0]}.seg").st_ino
     return header.creator_pid, header.created, inode, str(cache.directory)
 
 

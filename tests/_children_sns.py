@@ -42,7 +42,7 @@ def load_shared_at_once(  # noqa: PLR0917 - a spawn target, called with position
     barrier.wait()
     arr = store.load(name, start_row=rows[0], end_row=rows[1], allow_create_shm=True)
     with shmstore.open(store.path) as opened:
-        key = opened.handle(name, rows).key
+        (key,) = opened.handle(name, rows).keys
     results.put((arr.ravel().tolist(), bool(arr.flags.writeable), _segment_origin(cache, key)))
 
 

@@ -217,8 +217,8 @@ def test_preload_loads_once_then_finds_the_slice_there(store_file: Path, cache_d
     assert again["loaded"] is False
     assert first["rows"] == [10, 190]
     assert first["nbytes"] == 180 * 3 * 4
-    (entry,) = shmstore.Cache(cache_dir).entries()
-    assert entry.key == first["key"] == again["key"]
+    (entry,) = shmstore.Cache(cache_dir).entries()  # a small dataset: one block
+    assert [entry.key] == first["keys"] == again["keys"]
     assert (
         "already"
         in run(
@@ -255,9 +255,12 @@ def test_ls_json_matches_the_cache_entries(store_file: Path, cache_dir: Path) ->
     ] == expected
     assert listed["used"] == sum(e["nbytes"] for e in expected)
     assert listed["budget"] == cache.budget
+    assert [(d["dataset"], d["blocks"]) for d in listed["datasets"]] == [
+        (e["dataset"], 1) for e in expected
+    ]
     out = run("ls", cache_dir=cache_dir).stdout
-    assert "2 slices" in out
-    assert expected[0]["key"] in out
+    assert "2 segments" in out
+    assert "activations" in out and "lookup" in out
 
 
 def test_gc_dry_run_names_a_dead_loaders_file_and_gc_removes_it(cache_dir: Path) -> None:
@@ -281,7 +284,7 @@ def test_evict_all_with_nothing_cached_succeeds_and_says_so(cache_dir: Path) -> 
 def test_evict_keeps_a_slice_a_process_maps_and_says_why(store_file: Path, cache_dir: Path) -> None:
     cache = shmstore.Cache(cache_dir)
     with shmstore.open(store_file, cache=cache) as store, store.view("activations", mode="shared"):
-        key = store.handle("activations").key
+        (key,) = store.handle("activations").keys
         kept = run_json("evict", key, cache_dir=cache_dir)
         assert kept["evicted"] == []
         assert "in use" in kept["kept"][key]

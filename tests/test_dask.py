@@ -89,11 +89,11 @@ def _segments(cache: shmstore.Cache) -> list[str]:
 
 
 def _copies(cache: shmstore.Cache, handle: shmstore.Handle) -> list[str]:
-    """The keys of the segments in *cache* that hold the rows of *handle* (of any version)."""
+    """The keys of the blocks in *cache* of the dataset of *handle* (of any generation)."""
     return [
         entry.key
         for entry in cache.entries()
-        if (entry.path, entry.dataset, entry.rows) == (str(handle.path), handle.name, handle.rows)
+        if (entry.path, entry.dataset) == (str(handle.path), handle.name)
     ]
 
 
@@ -131,7 +131,7 @@ def test_200_tasks_on_4_workers_share_one_copy_and_far_less_private_memory(
     assert all(len(addresses) == 1 for addresses in by_process.values()), (
         "each worker attaches once and reuses the mapping"
     )
-    assert _copies(node_cache, handle) == [handle.key], "one segment for the slice"
+    assert _copies(node_cache, handle) == [handle.keys[0]], "one segment for the slice"
     origins = set(client.run(children.origin_of, handle).values())
     assert len(origins) == 1, "every worker maps the same segment, from one load"
 
@@ -166,7 +166,7 @@ def test_several_threads_per_worker_share_one_mapping_per_process(
             threads.setdefault(pid, set()).add(thread)
         assert all(len(a) == 1 for a in addresses.values())
         assert max(len(t) for t in threads.values()) > 1, "tasks ran in several threads"
-        assert _segments(cache) == [f"{handle.key}.seg"]
+        assert _segments(cache) == [f"{handle.keys[0]}.seg"]
     finally:
         shutil.rmtree(cache.directory, ignore_errors=True)
 
@@ -187,9 +187,10 @@ def test_preload_plugin_on_4_workers_loads_once_and_pins_in_each(
     assert directory == str(node_cache.directory)
     pinned = client.run(children.pinned_slices)
     assert all(("preloaded", (0, 1_000), True) in slices for slices in pinned.values())
-    entry = next(e for e in node_cache.entries() if e.key == handle.key)
+    entry = next(e for e in node_cache.entries() if e.key == handle.keys[0])
     assert entry.in_use
-    np.testing.assert_array_equal(node_cache.attach(handle.key), SMALL[:1_000] * 3)
+    block = node_cache.attach(handle.keys[0])  # the bytes of the dataset's one block
+    np.testing.assert_array_equal(block.view("<i8").reshape(-1, 4)[:1_000], SMALL[:1_000] * 3)
 
 
 def test_preload_plugin_for_a_missing_dataset_fails_the_registration(
@@ -239,7 +240,7 @@ def test_from_store_loads_each_block_of_rows_into_the_cache_once(
 
     assert first == SMALL[500:].sum()
     assert second == SMALL[500:].max()
-    assert {f"{b.key}.seg" for b in blocks} <= set(_segments(node_cache))
+    assert {f"{b.keys[0]}.seg" for b in blocks} <= set(_segments(node_cache))
 
 
 # -- two nodes ----------------------------------------------------------------------------
@@ -276,12 +277,12 @@ def test_two_nodes_each_hold_their_own_single_copy(data_dir: Path) -> None:
         for task, (total, _, _, _) in enumerate(results):
             assert total == SMALL[task * 10 : (task + 1) * 10].sum()
         for node, cache in caches.items():
-            assert _segments(cache) == [f"{handle.key}.seg"], f"node {node} holds one copy"
+            assert _segments(cache) == [f"{handle.keys[0]}.seg"], f"node {node} holds one copy"
             seen = {origins[names[f"{node}{i}"]] for i in range(2)}
             assert len(seen) == 1, f"the workers of node {node} map one load"
             assert next(iter(seen))[3] == str(cache.directory)
         assert origins[names["a0"]][:3] != origins[names["b0"]][:3], "each node loaded its own"
-        assert not (handle.cache.directory / f"{handle.key}.seg").exists(), (
+        assert not (handle.cache.directory / f"{handle.keys[0]}.seg").exists(), (
             "the client's own cache was not used"
         )
     finally:
@@ -307,7 +308,7 @@ def test_attach_returns_the_same_pinned_array_on_every_call(small_store: Path) -
         assert not first.flags.writeable
         np.testing.assert_array_equal(first, SMALL[10:20])
         assert [h.rows for h in shmdask.pinned()] == [(10, 20)]
-        assert next(e for e in handle.cache.entries() if e.key == handle.key).in_use
+        assert next(e for e in handle.cache.entries() if e.key == handle.keys[0]).in_use
     finally:
         assert shmdask.unpin_all() == 1
     assert shmdask.pinned() == []

@@ -86,7 +86,7 @@ def test_the_schema_rejects_a_damaged_record(tmp_path: Path, field: str, value: 
         jsonschema.validate(document, _schema("record.schema.json"))
 
 
-def test_a_segment_header_is_valid_against_its_schema(tmp_path: Path) -> None:
+def test_a_block_header_is_valid_against_the_segment_schema(tmp_path: Path) -> None:
     import shutil
     import uuid
 
@@ -106,6 +106,10 @@ def test_a_segment_header_is_valid_against_its_schema(tmp_path: Path) -> None:
         header = json.loads(raw[_PREFIX.size : _PREFIX.size + length])
         schema = json.loads((SCHEMAS / "segment.schema.json").read_text())
         jsonschema.validate(header, schema)
-        assert header["dtype"]["names"] == ["t", "tag"]
+        # A block holds bytes of the dataset (it may cut rows): what they are
+        # a copy of says which bytes, of which generation.
+        assert header["dtype"] == "|u1"
+        assert header["source"]["block"] == [0, compound.nbytes]
+        assert header["source"]["generation"]
     finally:
         shutil.rmtree(cache.directory, ignore_errors=True)

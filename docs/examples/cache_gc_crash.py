@@ -1,4 +1,4 @@
-"""Evict, gc, and what a crash leaves: a killed process's slice becomes evictable.
+"""Evict, gc, and what a crash leaves: a killed process's blocks become evictable.
 
 Run ``python cache_gc_crash.py [DIRECTORY]``.  Makes its own cache directory
 under ``$SHMSTORE_DIR`` (or a temporary one).
@@ -50,16 +50,17 @@ assert [e.in_use for e in cache.entries()] == [False]
 print("evicted after the crash:", cache.evict(all=True))
 assert cache.entries() == []
 
-# A slice whose file changed is stale: never served, and gc removes it.
+# A block of an old generation is never served, and goes once a view sees the new one.
 with shmstore.open(path, cache=cache) as store, store.view("data", rows=(0, 50)):
     pass
+(old,) = cache.entries()
 with shmstore.open(path, mode="a") as store:
     store.write("data", np.zeros((100, 10)), overwrite=True)
-print("gc would remove:", cache.gc(dry_run=True))
-removed = cache.gc()
-assert removed, "the stale slice should have been removed"
-assert cache.entries() == []
-with handle.view() as arr:  # the old handle now serves the new data
+with handle.view() as arr:  # the old handle now serves the new data...
     np.testing.assert_array_equal(arr, np.zeros((50, 10)))
+(new,) = cache.entries()  # ...and the old generation's block is gone
+print("old block:", old.key, old.generation, "new block:", new.key, new.generation)
+assert (new.key, new.generation) != (old.key, old.generation)
+print("gc would remove:", cache.gc(dry_run=True))
 
-print("ok: a crashed worker's slice became evictable and gc removed a stale slice")
+print("ok: a crashed worker's block became evictable and an old generation's block went")

@@ -36,11 +36,12 @@ shmstore("validate", str(store), "--full")
 # A SLURM prologue: load rows once per node; later calls exit at once.
 shmstore("preload", str(store), "weights", "--rows", "0:500", "--cache-dir", str(cache_dir))
 listing = shmstore("ls", "--cache-dir", str(cache_dir))
-print([(e["dataset"], e["rows"], e["nbytes"]) for e in listing["entries"]])
-assert [e["rows"] for e in listing["entries"]] == [[0, 500]]
+# Rows are cached in blocks (64 MiB by default): these 1000 rows are one.
+print([(d["dataset"], d["rows"], d["blocks"], d["nbytes"]) for d in listing["datasets"]])
+assert [(d["dataset"], d["rows"]) for d in listing["datasets"]] == [("weights", "0:1000")]
 
 evicted = shmstore("evict", "--all", "--cache-dir", str(cache_dir))
 print("evict --all:", evicted)
-assert evicted["evicted"] == [listing["entries"][0]["key"]]
+assert evicted["evicted"] == listing["datasets"][0]["keys"]
 
 print("ok: put, info, validate, preload, ls and evict ran with --json")

@@ -44,10 +44,11 @@ if __name__ == "__main__":  # worker processes are spawned: they import this fil
 
     np.testing.assert_allclose(sums, weights[:100].sum(axis=1))
     cache = shmstore.Cache()  # the node's cache: $SHMSTORE_DIR, or /dev/shm/shmstore-<uid>
-    copies = [e for e in cache.entries() if e.dataset in ("weights", "lookup")]
+    copies = [e for e in cache.entries() if e.path == str(path)]
+    # Each dataset is one block (under 64 MiB): lookup's block holds all its rows.
     assert sorted((e.dataset, e.rows) for e in copies) == [
-        ("lookup", (0, 5_000)),
+        ("lookup", (0, 10_000)),
         ("weights", (0, 10_000)),
     ]
-    print(f"{len(sums)} tasks on 2 workers; {len(copies)} slices in {cache.directory.name}")
+    print(f"{len(sums)} tasks on 2 workers; {len(copies)} blocks in {cache.directory.name}")
     print("ok: 100 tasks used one copy of the slice per node")

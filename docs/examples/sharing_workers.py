@@ -31,7 +31,7 @@ def main() -> None:
 
     with shmstore.open(path) as store:
         handle = store.handle("activations", rows=(0, 20_000))  # small and picklable
-        print("handle rows:", handle.rows, "key:", handle.key)
+        print("handle rows:", handle.rows, "cache blocks:", handle.keys)
 
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         results = pool.map(column_sums, [handle] * 4)

@@ -58,8 +58,11 @@ import filelock
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from ._claims import Claim
 from ._fill import FileFill
+from ._region import Region, round_up
 from ._segment import (
+    PAGE,
     SEGMENT_SUFFIX,
     FileIdentity,
     SegmentHeader,
@@ -71,6 +74,7 @@ from ._segment import (
     new_header,
     open_in_directory,
     open_segment,
+    read_block_header,
     read_header,
     segment_key,
     try_lock_exclusive,
@@ -90,6 +94,7 @@ from .errors import (
 __all__ = [
     "ENV_BUDGET",
     "ENV_DIRECTORY",
+    "Block",
     "Cache",
     "CacheEntry",
     "FileIdentity",
@@ -107,6 +112,8 @@ _DEFAULT_BUDGET = "50%"
 _BUDGET_LOCK = "budget.lock"
 _LOCK_SUFFIX = ".lock"
 _SEGMENT_NAME = re.compile(r"([0-9a-f]{32})\.seg")
+_STALE_NAME = re.compile(r"([0-9a-f]{32})\.stale")
+_STALE_SUFFIX = ".stale"
 _TEMPORARY_NAME = re.compile(r"([0-9a-f]{32})\.[0-9]+\.[0-9a-f]{8}\.tmp")
 _LOCK_NAME = re.compile(r"([0-9a-f]{32})\.lock")
 _OPEN_ANY = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -182,6 +189,10 @@ class CacheEntry(BaseModel):
     :param created: unix time in seconds of its load.
     :param named: a named array (no copy of a file): never evicted to make room.
     :param writable: a named array processes may map writable.
+    :param generation: a block's dataset generation (``None`` for other segments).
+    :param block: a block's bytes ``[lo, hi)`` of its dataset (``None`` for other segments).
+    :param stale: a block of an old generation or an old tail, still mapped
+        by some process: no view finds it, and it goes when unmapped.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -196,7 +207,38 @@ class CacheEntry(BaseModel):
     created: float
     named: bool = False
     writable: bool = False
+    generation: str | None = None
+    block: tuple[int, int] | None = None
+    stale: bool = False
 
+
+@dataclass(frozen=True)
+class Block:
+    """A block to map: bytes ``[lo, hi)`` of a dataset under a key, and how to load them.
+
+    :param key: the block's key (made by the sharing layer, ``_sharing.py``).
+    :param generation: the generation of the dataset the bytes are of.
+    :param span: ``(lo, hi)``, the bytes of the dataset (C order) the block holds;
+        a whole number of pages unless it is the last block of a dataset.
+    :param source: makes what the bytes are a copy of, for the header of a
+        block this process loads (its ``generation`` and ``block`` set).
+    :param fill: makes the fill (a callback writing a ``uint8`` array of the
+        block's bytes, or a :class:`FileFill`); called only by the process that loads.
+    """
+
+    key: str
+    generation: str
+    span: tuple[int, int]
+    source: Callable[[], SegmentSource]
+    fill: Callable[[], Callable[[np.ndarray[Any, Any]], object] | FileFill]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of data."""
+        return self.span[1] - self.span[0]
+
+
+_BYTES = np.dtype(np.uint8)
 
 # -- the process's mappings -----------------------------------------------------
 
@@ -263,6 +305,7 @@ os.register_at_fork(after_in_child=_forget_mappings_after_fork)
 
 class _Kind(enum.Enum):
     SEGMENT = "segment"
+    STALE = "stale block"
     TEMPORARY = "temporary"
     LOCK = "lock"
     BUDGET_LOCK = "budget lock"
@@ -286,6 +329,7 @@ class _Listed:
 def _kind_of(name: str) -> tuple[_Kind, str]:
     for kind, pattern in (
         (_Kind.SEGMENT, _SEGMENT_NAME),
+        (_Kind.STALE, _STALE_NAME),
         (_Kind.TEMPORARY, _TEMPORARY_NAME),
         (_Kind.LOCK, _LOCK_NAME),
     ):
@@ -852,6 +896,33 @@ class Cache:
         Called under the key's lock.  The mapping returned is writable for a
         writable named array, read-only otherwise.
         """
+        path = self._segment_path(header.key)
+        mapped: list[np.ndarray[Any, Any]] = []
+
+        def map_it(fd: int) -> None:
+            # fd still holds the loader's shared lock, so no evictor can take
+            # the segment between the rename and this mapping.
+            base, array = map_data(fd, header, writable=header.writable)
+            _remember(path, base, header, os.fstat(fd), header.writable)
+            mapped.append(array)
+
+        os.close(self._publish(header, fill, map_it))
+        return mapped[0]
+
+    def _publish(
+        self,
+        header: SegmentHeader,
+        fill: Callable[[np.ndarray[Any, Any]], object] | FileFill | None,
+        after: Callable[[int], None],
+    ) -> int:
+        """Reserve, fill and publish the segment *header* describes; its descriptor.
+
+        Called under the key's lock.  *after* runs right after the rename,
+        with SIGINT and SIGTERM still deferred (to map the segment).  The
+        descriptor returned holds the loader's shared ``flock``, so no
+        evictor can take the segment until the caller has mapped it and
+        closed the descriptor.
+        """
         key, source = header.key, header.source
         path = self._segment_path(key)
         temporary = f"{self._prefix}{key}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
@@ -876,16 +947,12 @@ class Cache:
                         f"{self.directory} ({err.strerror or err}): the directory was removed "
                         "or made read-only during the load; ask again"
                     ) from err
-                # fd still holds the loader's shared lock, so no evictor can
-                # take the segment between the rename and this mapping.
-                base, array = map_data(fd, header, writable=header.writable)
-                _remember(path, base, header, os.fstat(fd), header.writable)
+                after(fd)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
-            raise
-        finally:
             os.close(fd)
+            raise
         _log.info(
             "loaded %s into segment %s (%d bytes) in %.3f s",
             source.describe(),
@@ -893,7 +960,198 @@ class Cache:
             header.nbytes,
             time.monotonic() - started,
         )
-        return array
+        return fd
+
+    # -- blocks ---------------------------------------------------------------------
+
+    def map_blocks(
+        self,
+        blocks: Sequence[Block],
+        *,
+        load: bool = True,
+        timeout: float | None = None,
+        on_load: Callable[[Block], object] | None = None,
+    ) -> Region | None:
+        """Map *blocks* side by side, read-only, into one new :class:`Region`; load those absent.
+
+        Every block but the last must be a whole number of pages.  Blocks
+        the node holds are mapped (each holding its shared lock); the others
+        are filled cooperatively (``docs/design.md``, "Blocks and identity"):
+        this process claims, one at a time, each missing block no other
+        process is loading, loads it, and then waits, in a blocking lock,
+        for the blocks others claimed, loading any whose loader died.
+
+        :param load: ``False`` maps only: ``None`` if a block is absent.
+        :param on_load: called with each block this process loads, under its
+            lock, before any space is taken.
+        :param timeout: seconds to wait for another process's load of a
+            block; ``None`` waits as long as it takes.
+        :raises CacheFullError: the blocks together need more than the budget,
+            or there is no room for one and nothing unused to evict; the
+            blocks mapped so far are unmapped with the region (no ``SIGBUS``:
+            every page was reserved before it was written).
+        :raises LockTimeoutError: another process still loaded a block after *timeout*.
+        :raises SegmentError: a damaged, planted or wrongly sized file where a
+            block belongs (never mapped), or the address range cannot be
+            reserved, or the cache directory cannot be written.
+        """
+        if not blocks:
+            raise ArgumentError("map_blocks() needs at least one block")
+        offsets = [0]
+        for b in blocks[:-1]:
+            if b.nbytes % PAGE:
+                raise ArgumentError(f"block {b.key} of {b.nbytes} bytes is not whole pages")
+            offsets.append(offsets[-1] + b.nbytes)
+        region = Region(offsets[-1] + round_up(blocks[-1].nbytes), len(blocks))
+        missing = [i for i, b in enumerate(blocks) if not self._place_block(region, offsets[i], b)]
+        if not missing:
+            return region
+        if not load:
+            return None
+        needed = sum(PAGE + round_up(b.nbytes) for b in blocks)
+        if needed > self.budget:
+            first = blocks[0].source()
+            raise CacheFullError(
+                f"{first.path}:{first.dataset} rows {first.start}:{blocks[-1].source().stop} "
+                f"need about {needed} bytes of cache, more than its whole budget of "
+                f"{self.budget} bytes ({self.directory}); raise {ENV_BUDGET} or ask for "
+                "fewer rows"
+            )
+        # The directory may have been removed since (it is made again, 0700), or
+        # replaced by a link (refused): checked once per load, not per attach.
+        _prepare_directory(self.directory)
+        claimed_elsewhere = []
+        for i in missing:
+            claim = Claim.take(self._lock_path(blocks[i].key))
+            if claim is None:
+                claimed_elsewhere.append(i)
+                continue
+            with claim:
+                self._load_block(region, offsets[i], blocks[i], on_load)
+        for i in claimed_elsewhere:
+            what = blocks[i].source().describe()
+            with Claim.wait(self._lock_path(blocks[i].key), timeout, what):
+                # Most likely published by the process we waited for; else it died.
+                self._load_block(region, offsets[i], blocks[i], on_load)
+        region.on_release(self._release_stale, [b.key for b in blocks])
+        return region
+
+    def _lock_path(self, key: str) -> str:
+        return f"{self._prefix}{key}{_LOCK_SUFFIX}"
+
+    def _load_block(
+        self,
+        region: Region,
+        offset: int,
+        block: Block,
+        on_load: Callable[[Block], object] | None,
+    ) -> None:
+        """Map *block* at *offset* of *region*, loading it first if absent (under its claim)."""
+        if self._place_block(region, offset, block):
+            return
+        if on_load is not None:
+            on_load(block)
+        fill = block.fill()
+        header = new_header(block.key, block.source(), _BYTES, (block.nbytes,))
+        fd = self._publish(
+            header,
+            fill,
+            lambda fd: region.place(fd, offset, header.data_offset, block.nbytes),
+        )
+        os.close(fd)  # the mapping keeps the file, and with it the shared lock
+
+    def _place_block(self, region: Region, offset: int, block: Block) -> bool:
+        """Map the published *block* at *offset* of *region*; False if the node holds none.
+
+        :raises SegmentError: the file under its name is unsafe, damaged or
+            holds something else than *block*: it is not mapped.
+        """
+        path = self._segment_path(block.key)
+        for _ in range(_ATTACH_ATTEMPTS):
+            try:
+                fd, st = open_segment(path, shared=True)
+            except FileNotFoundError:
+                return False
+            try:
+                if st.st_nlink == 0:
+                    continue  # unlinked between our open and our lock: look again
+                header = read_block_header(fd, st, path, block.key)
+                if (
+                    header.named
+                    or header.generation != block.generation
+                    or header.block != block.span
+                ):
+                    raise SegmentError(
+                        f"{path} holds {header.nbytes} bytes of another source than the block "
+                        f"{block.source().describe()} its name stands for; it is never mapped: "
+                        "remove it (shmstore gc, or Cache.evict)"
+                    )
+                region.place(fd, offset, header.data_offset, header.nbytes)
+                now = time.time_ns()
+                if now - st.st_atime_ns > _ACCESS_RESOLUTION_NS:
+                    # The access time orders least-recently-used eviction.
+                    with contextlib.suppress(OSError):
+                        os.utime(fd, ns=(now, st.st_mtime_ns))
+            finally:
+                os.close(fd)  # the mapping keeps its own reference, and with it the lock
+            return True
+        raise SegmentError(
+            f"{path} was replaced {_ATTACH_ATTEMPTS} times while being mapped; "
+            "another process evicts and reloads it in a loop"
+        )
+
+    def drop_blocks(self, prefix: str, stale: Callable[[SegmentSource], bool]) -> list[str]:
+        """Retire the blocks whose key starts with *prefix* and whose source is *stale*.
+
+        For blocks of an old generation or an old tail, which no view asks
+        for again: each is renamed ``<key>.stale`` at once and removed if no
+        process maps it; one still mapped is removed by the last process
+        that unmaps it (or by ``gc``, or by eviction, first of all).  Files
+        that are not valid segments are left to ``gc``.
+
+        :returns: the keys retired.
+        """
+        removed = []
+        for f in self._list(_Kind.SEGMENT):
+            if not f.key.startswith(prefix):
+                continue
+            try:
+                fd, st = open_segment(f.path)
+            except (FileNotFoundError, SegmentError):
+                continue
+            try:
+                header = read_header(fd, st, f.path, f.key)
+            except SegmentError:
+                continue
+            finally:
+                os.close(fd)
+            if header.named or header.source.block is None or not stale(header.source):
+                continue
+            retired = f"{self._prefix}{f.key}{_STALE_SUFFIX}"
+            try:
+                os.rename(f.path, retired)  # a mapping keeps its pages; no view finds it now
+            except OSError:
+                continue
+            outcome, _ = _remove_unused(retired)
+            _log.info(
+                "%s stale block %s (%s)",
+                "removed" if outcome is _Removal.REMOVED else "retired (in use)",
+                f.key,
+                header.source.describe(),
+            )
+            removed.append(f.key)
+        return removed
+
+    def _release_stale(self, keys: Sequence[str]) -> None:
+        """Remove the retired blocks among *keys* that no process maps any more.
+
+        Run when this process unmaps a view: the last process to unmap a
+        retired block removes it.
+        """
+        for key in keys:
+            path = f"{self._prefix}{key}{_STALE_SUFFIX}"
+            if os.path.lexists(path):
+                _remove_unused(path)
 
     # -- space --------------------------------------------------------------------
 
@@ -945,12 +1203,13 @@ class Cache:
             )
         with self._budget_lock():
             self._remove_leftovers()
-            listed = self._list(_Kind.SEGMENT, _Kind.TEMPORARY)
-            used = sum(f.allocated for f in listed if f.kind in (_Kind.SEGMENT, _Kind.TEMPORARY))
+            listed = self._list(_Kind.SEGMENT, _Kind.STALE, _Kind.TEMPORARY)
+            used = sum(f.allocated for f in listed)
+            # Stale blocks first (no view asks for them again), then by last use.
             oldest_first = iter(
                 sorted(
-                    (f for f in listed if f.kind is _Kind.SEGMENT),
-                    key=lambda f: f.st.st_atime_ns,
+                    (f for f in listed if f.kind is not _Kind.TEMPORARY),
+                    key=lambda f: (f.kind is _Kind.SEGMENT, f.st.st_atime_ns),
                 )
             )
             busy: list[_Listed] = []
@@ -1031,7 +1290,7 @@ class Cache:
         in the log (``gc`` removes the damaged ones).
         """
         found = []
-        for f in self._list(_Kind.SEGMENT):
+        for f in self._list(_Kind.SEGMENT, _Kind.STALE):
             try:
                 fd, st = open_segment(f.path)
             except FileNotFoundError:
@@ -1059,6 +1318,9 @@ class Cache:
                     created=header.created,
                     named=header.named,
                     writable=header.writable,
+                    generation=header.source.generation,
+                    block=header.source.block,
+                    stale=f.kind is _Kind.STALE,
                 )
             )
         return found
@@ -1075,19 +1337,24 @@ class Cache:
         if all == (keys is not None):
             raise ArgumentError("evict() takes the keys to evict, or all=True (not both)")
         if all:
-            targets = [f.key for f in self._list(_Kind.SEGMENT)]
+            targets = [(f.key, f.path) for f in self._list(_Kind.SEGMENT, _Kind.STALE)]
         else:
-            targets = [check_key(k) for k in ([keys] if isinstance(keys, str) else keys or ())]
+            targets = [
+                (key, path)
+                for key in (check_key(k) for k in ([keys] if isinstance(keys, str) else keys or ()))
+                for path in (self._segment_path(key), f"{self._prefix}{key}{_STALE_SUFFIX}")
+                if os.path.lexists(path) or path.endswith(SEGMENT_SUFFIX)
+            ]
         removed = []
-        for key in targets:
-            outcome, why = _remove_unused(self._segment_path(key))
+        for key, path in targets:
+            outcome, why = _remove_unused(path)
             if outcome is _Removal.REMOVED:
                 _log.info("evicted segment %s", key)
                 removed.append(key)
             elif outcome is _Removal.IN_USE:
                 _log.info("kept segment %s: a process maps it", key)
             elif outcome is _Removal.REFUSED:
-                _log.warning("left %s alone: %s", self._segment_path(key), why)
+                _log.warning("left %s alone: %s", path, why)
         return removed
 
     def clear(self) -> list[str]:
@@ -1160,6 +1427,8 @@ class Cache:
             return None
         if f.kind is _Kind.TEMPORARY:
             return "left by a loader that died"  # removed only if unlocked: its loader is gone
+        if f.kind is _Kind.STALE:
+            return "a block of an old generation or an old tail"  # removed only if unmapped
         if f.kind is _Kind.LOCK:
             if os.path.lexists(self._segment_path(f.key)):
                 return None
@@ -1178,9 +1447,14 @@ class Cache:
             os.close(fd)
         if header.named:
             return f"the named array {header.source.dataset!r}, which no process maps"
+        # A block stays valid while its files are the same files (appends grow
+        # them); a change of its dataset retires it when next described.
+        block = header.source.block is not None
+        if block and not Path(header.source.path).exists():
+            return f"stale: {header.source.path} is gone"
         for identity in header.source.identity:
             try:
-                if not identity.is_current():
+                if not (identity.same_file() if block else identity.is_current()):
                     return f"stale: {identity.path} changed or is gone"
             except OSError as err:
                 _log.info("gc kept %s: cannot check its source %s (%s)", f.name, identity.path, err)

@@ -1,17 +1,17 @@
 """Handles: small, picklable references to rows of a dataset, for workers.
 
 A handle carries no array data, only what names the slice (file, dataset,
-rows) and the identity of the files it was made from.  In a worker,
-``handle.view()`` stats those files; when they are unchanged and the node's
-cache holds the slice, it maps the shared copy without opening the HDF5 file.
-When a file changed, it opens the store, learns the new version, and serves
-(or loads) that one: a handle never serves an old version.
+rows) and what the sharing layer knows of the dataset (the identity of its
+files, its generation).  In a worker, ``handle.view()`` stats those files;
+when they are unchanged and the node's cache holds the blocks of the rows,
+it maps them without opening the HDF5 file.  When a file changed, it opens
+the store, learns the dataset's generation now, and serves (or loads) that
+one: a handle never serves an old generation.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._cache import Cache
-from ._segment import SegmentSource, segment_key
+from ._sharing import Described, block_keys, view_rows
 from .errors import RowsError, StoreNotFoundError
 
 if TYPE_CHECKING:
@@ -45,18 +45,13 @@ class Handle:
     def __init__(
         self,
         *,
-        source: SegmentSource,
-        dtype: np.dtype[Any],
-        shape: tuple[int, ...],
+        described: Described,
+        rows: tuple[int, int],
         cache_directory: str | None,
         cache_budget: int | None,
     ) -> None:
-        self._source = source
-        self._key = segment_key(source)
-        self.dtype = dtype
-        """The dtype of the rows."""
-        self.shape = shape
-        """The shape of the slice: ``(rows, *row shape)``."""
+        self._described = described
+        self._rows = rows
         self._cache_directory = cache_directory
         self._cache_budget = cache_budget
         self._pinned: np.ndarray[Any, Any] | None = None
@@ -64,27 +59,49 @@ class Handle:
     @property
     def path(self) -> Path:
         """The HDF5 file."""
-        return Path(self._source.path)
+        return Path(self._described.path)
 
     @property
     def name(self) -> str:
         """The dataset."""
-        return self._source.dataset
+        return self._described.dataset
 
     @property
     def rows(self) -> tuple[int, int]:
         """``(start, stop)``: the rows this handle stands for."""
-        return self._source.start, self._source.stop
+        return self._rows
 
     @property
-    def key(self) -> str:
-        """The cache key of the node's copy of these rows (as ``Cache.entries`` lists it)."""
-        return self._key
+    def dtype(self) -> np.dtype[Any]:
+        """The dtype of the rows."""
+        return self._described.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of the slice: ``(rows, *row shape)``."""
+        start, stop = self._rows
+        return (stop - start, *self._described.shape[1:])
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The cache keys of the blocks holding these rows (as ``Cache.entries`` lists them)."""
+        return block_keys(self._described, *self._rows)
+
+    @property
+    def block_rows(self) -> int | None:
+        """Rows per cache block of the dataset, ``None`` when blocks cut rows (odd row sizes)."""
+        row, size = self._described.row_nbytes, self._described.block
+        return size // row if row and size % row == 0 else None
+
+    @property
+    def generation(self) -> str:
+        """The generation of the dataset the handle last saw (it follows newer ones)."""
+        return self._described.generation
 
     @property
     def version(self) -> int:
         """The dataset's version the handle last saw (it follows newer ones)."""
-        return self._source.version
+        return self._described.version
 
     @property
     def cache(self) -> Cache:
@@ -97,25 +114,35 @@ class Handle:
         """
         return cache_for(self._cache_directory, self._cache_budget)
 
-    def _part(self, start: int, stop: int) -> Handle:
-        """A handle of rows ``[start, stop)`` of this handle's dataset, at the version it saw.
+    def part(self, start: int, stop: int) -> Handle:
+        """A handle of rows ``[start, stop)`` of this handle's dataset, as this one last saw it.
 
-        Rows count from the dataset's first row, not from this handle's; the
-        caller checks that they lie within the dataset.
+        Rows count from the dataset's first row, not from this handle's.
+
+        :raises RowsError: the rows are not within the dataset as last seen.
         """
-        source = self._source.model_copy(update={"start": start, "stop": stop})
+        if not 0 <= start <= stop <= self._described.shape[0]:
+            raise RowsError(
+                f"rows {start}:{stop} are outside {self.name!r}, which had "
+                f"{self._described.shape[0]} rows when this handle last saw it"
+            )
         return Handle(
-            source=source,
-            dtype=self.dtype,
-            shape=(stop - start, *self.shape[1:]),
+            described=self._described,
+            rows=(start, stop),
             cache_directory=self._cache_directory,
             cache_budget=self._cache_budget,
         )
 
-    def __dask_tokenize__(self) -> tuple[str, str, str | None, int | None]:
+    def __dask_tokenize__(self) -> tuple[str, str, str, int, int, str | None, int | None]:
         # Dask names tasks by a token of their arguments: equal handles give equal
-        # tokens, and a new version of the rows (a new key) gives a new one.
-        return ("shmstore.Handle", self._key, self._cache_directory, self._cache_budget)
+        # tokens, and a new generation of the rows gives a new one.
+        start, stop = self._rows
+        d = self._described
+        return ("shmstore.Handle", d.prefix, d.generation, start, stop, *self._cache_args)
+
+    @property
+    def _cache_args(self) -> tuple[str | None, int | None]:
+        return self._cache_directory, self._cache_budget
 
     def __repr__(self) -> str:
         start, stop = self.rows
@@ -135,38 +162,24 @@ class Handle:
         False once a write, append or delete changed the dataset's file, or
         the file was replaced: :meth:`view` then serves the new version.
         """
-        return self._unchanged()
+        return self._described.current()
 
     def cached(self) -> np.ndarray[Any, Any] | None:
         """The node's copy of the rows, mapped read-only, if it is cached and current; never loads.
 
-        ``None`` when no process of the node has loaded this version of the
-        rows (or it was evicted), or the files changed since the handle was made.
+        ``None`` when the node does not hold every block of the rows (never
+        loaded, or evicted), or the files changed since the handle was made.
         """
         return self._current()
 
-    def _unchanged(self) -> bool:
-        """True when every source file still has the identity the handle saw."""
-        for seen in self._source.identity:
-            try:
-                st = os.stat(seen.path)
-            except FileNotFoundError:
-                return False
-            if (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev) != (
-                seen.mtime_ns,
-                seen.size,
-                seen.ino,
-                seen.dev,
-            ):
-                return False
-        return True
-
     def _current(self) -> np.ndarray[Any, Any] | None:
         """The node's copy, if the files are unchanged and it is cached; never loads."""
-        return self.cache.find(self._key) if self._unchanged() else None
+        if not self._described.current():
+            return None
+        return view_rows(self.cache, self._described, *self._rows, None)
 
     def _array(self, mode: ViewMode) -> np.ndarray[Any, Any]:
-        if self._pinned is not None and mode in ("auto", "shared") and self._unchanged():
+        if self._pinned is not None and mode in ("auto", "shared") and self.is_current():
             return self._pinned
         if mode in ("auto", "shared"):
             found = self._current()
@@ -188,13 +201,11 @@ class Handle:
                     f"this handle's rows {start}:{stop} are outside {self.name!r}, which now "
                     f"has {info.rows} rows"
                 )
-            array, source = store._view_array(self.name, (start, stop), mode)
-        if source is not None:
-            self._source, self._key = source, segment_key(source)
-            self.dtype, self.shape = array.dtype, array.shape
+            array, described = store._view_array(self.name, (start, stop), mode)
+        if described is not None:
+            self._described = described
             if self._pinned is not None:
-                # The pin follows the version now served: kept, the old mapping
-                # would pass the identity check of the new source and be served.
+                # The pin follows the generation now served.
                 self._pinned = array
         return array
 

@@ -33,12 +33,13 @@ import h5py
 import numpy as np
 
 from ._chunk_index import stored_chunks
+from ._dtype import empty as new_empty
 from ._fill import FileFill, progress, worker_count
 from ._hdf5 import as_stored, missing_filters
 from .errors import InvalidStoreError
 from .manifest import ArrayInfo
 
-__all__ = ["BLOCK_BYTES", "chunk_filler", "dataset_filler"]
+__all__ = ["BLOCK_BYTES", "block_filler", "chunk_filler", "dataset_filler"]
 
 BLOCK_BYTES = 64 << 20
 """Bytes per ``read_direct`` of :func:`dataset_filler`: the progress step."""
@@ -411,3 +412,66 @@ def _run_all(work: Callable[[tuple[int, ...]], None], items: Iterator[tuple[int,
         raise
     finally:
         pool.shutdown(wait=True)
+
+
+# -- filling one block ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _AsRows(FileFill):
+    """A fill of rows, given a block's bytes: the block holds whole rows ``[start, ...)``."""
+
+    inner: Callable[[np.ndarray[Any, Any]], object] | FileFill
+    dtype: np.dtype[Any]
+    row_shape: tuple[int, ...]
+
+    def write(self, fd: int, data_offset: int, out: np.ndarray[Any, Any]) -> None:
+        """Fill *out* (bytes) as the rows it holds; see :class:`FileFill`."""
+        rows = out.view(self.dtype).reshape((-1, *self.row_shape))
+        if isinstance(self.inner, FileFill):
+            self.inner.write(fd, data_offset, rows)
+        else:
+            self.inner(rows)
+
+
+def block_filler(
+    dataset: h5py.Dataset,
+    info: ArrayInfo,
+    lo: int,
+    hi: int,
+    *,
+    path: Path,
+    what: str,
+    index: dict[tuple[int, ...], Any] | None = None,
+    check_hdf5: Callable[[int, int], object] = lambda first, last: None,
+) -> Callable[[np.ndarray[Any, Any]], object] | FileFill:
+    """A fill of the block holding bytes ``[lo, hi)`` of *dataset* (C order), not contiguous.
+
+    A block of whole rows is decoded into place (chunks in threads, or
+    HDF5 for what shmstore cannot decode); one that cuts rows (rows not a
+    divisor of the block size) reads the rows it touches and copies its bytes.
+
+    :param path: the HDF5 file, which holds the chunks.
+    :param check_hdf5: called with rows ``first, last`` before HDF5 is left
+        to read them (to check its chunk lookups, which it does not check).
+    :raises InvalidStoreError: the chunk lookups are damaged; (when filling)
+        the rows cannot be read or decoded.
+    """
+    row = info.row_nbytes
+    first, last = lo // row, -(-hi // row)
+    if lo % row == 0 and hi % row == 0:
+        rows_fill = chunk_filler(dataset, info, first, path, what, index=index)
+        if rows_fill is None:
+            check_hdf5(first, last)
+        inner = rows_fill if rows_fill is not None else dataset_filler(dataset, info, first, what)
+        return _AsRows(inner, info.dtype, info.shape[1:])
+    check_hdf5(first, last)
+    read = dataset_filler(dataset, info, first, what)
+
+    def fill(out: np.ndarray[Any, Any]) -> None:
+        rows = new_empty((last - first, *info.shape[1:]), info.dtype)
+        read(rows)
+        start = lo - first * row
+        out[...] = rows.reshape(-1).view(np.uint8)[start : start + (hi - lo)]
+
+    return fill

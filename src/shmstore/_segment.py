@@ -48,7 +48,7 @@ import struct
 import time
 import weakref
 import zlib
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError, model_validator
@@ -64,6 +64,7 @@ __all__ = [
     "MAGIC",
     "PAGE",
     "SEGMENT_SUFFIX",
+    "BlockHeader",
     "FileIdentity",
     "SegmentHeader",
     "SegmentSource",
@@ -77,6 +78,7 @@ __all__ = [
     "new_header",
     "open_in_directory",
     "open_segment",
+    "read_block_header",
     "read_header",
     "segment_key",
     "try_lock_exclusive",
@@ -136,6 +138,14 @@ class FileIdentity(BaseModel):
             mtime_ns=st.st_mtime_ns,
         )
 
+    def same_file(self) -> bool:
+        """True if :attr:`path` is still this file (device, inode), whatever its size or mtime."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == (self.dev, self.ino)
+
     def is_current(self) -> bool:
         """True if the file at :attr:`path` still has this identity (False if it is gone)."""
         try:
@@ -157,6 +167,14 @@ class SegmentSource(BaseModel):
     :param identity: the source file and every other file its bytes come
         from (external raw files), as they were when the copy was made.
     :param version: the dataset's version number in its manifest.
+    :param generation: for a block (``docs/design.md``, "Blocks and
+        identity"), the generation of the dataset it is a copy of.  A
+        block's *identity* is the files as they were when it was loaded:
+        appends grow them and the block stays valid while they are the same
+        files (device and inode).
+    :param block: for a block, the bytes ``[lo, hi)`` of the dataset (C
+        order) it holds; *start* and *stop* are then the rows these bytes
+        touch, for display.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -167,6 +185,10 @@ class SegmentSource(BaseModel):
     version: NonNegativeInt
     start: NonNegativeInt
     stop: NonNegativeInt
+    # Left out of keys and headers when unset, so segments made before blocks
+    # keep their keys and headers.
+    generation: str | None = None
+    block: tuple[NonNegativeInt, NonNegativeInt] | None = None
 
     @model_validator(mode="after")
     def _rows_ordered(self) -> SegmentSource:
@@ -244,7 +266,9 @@ def segment_key(source: SegmentSource) -> str:
     same name.  Remembered per source: asking again costs a hash of the
     frozen model.
     """
-    canonical = json.dumps(source.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(
+        source.model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":")
+    )
     text = f"{FORMAT}/{FORMAT_VERSION}\n{canonical}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -266,7 +290,7 @@ def check_key(key: object) -> str:
 def encode_header(header: SegmentHeader) -> bytes:
     """The fixed prefix and the JSON header, as written at offset 0 of the file."""
     unset = {field for field in _NAMED_FIELDS if not getattr(header, field)}
-    text = header.model_dump_json(exclude=unset).encode()
+    text = header.model_dump_json(exclude=unset, exclude_none=True).encode()
     prefix = _PREFIX.pack(MAGIC, len(text))
     return prefix[:12] + _CHECKSUM.pack(zlib.crc32(text)) + text
 
@@ -311,8 +335,8 @@ def new_header(
     return draft.model_copy(update={"data_offset": -(-room // PAGE) * PAGE})
 
 
-def open_in_directory(path: str, flags: int) -> int:
-    """``os.open(path, flags)``, following a symbolic link neither at *path* nor at its directory.
+def open_in_directory(path: str, flags: int, mode: int = 0o600) -> int:
+    """``os.open(path, flags, mode)``, following a link neither at *path* nor at its directory.
 
     The directory is opened first with ``O_NOFOLLOW`` and the name opened
     in it, so a cache directory replaced by a link after the ``Cache`` was
@@ -324,7 +348,7 @@ def open_in_directory(path: str, flags: int) -> int:
     directory, name = os.path.split(path)
     dir_fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        return os.open(name, flags | os.O_NOFOLLOW, dir_fd=dir_fd)
+        return os.open(name, flags | os.O_NOFOLLOW, mode, dir_fd=dir_fd)
     finally:
         os.close(dir_fd)
 
@@ -447,6 +471,66 @@ def _parse_header(fd: int, st: os.stat_result, path: str) -> SegmentHeader:
         raise SegmentError(
             f"{path} is damaged: it holds {st.st_size} bytes, its header says "
             f"{header.file_size} ({header.data_offset} of header, {header.nbytes} of data)"
+        )
+    return header
+
+
+class BlockHeader(NamedTuple):
+    """The fields of a block's header that mapping it needs (see :func:`read_block_header`)."""
+
+    data_offset: int
+    nbytes: int
+    generation: str | None
+    block: tuple[int, int] | None
+    named: bool
+
+
+def read_block_header(fd: int, st: os.stat_result, path: str, key: str) -> BlockHeader:
+    """The header of the open segment *fd*, checked without building the pydantic model.
+
+    Mapping a cached block must cost microseconds: this checks the magic,
+    the header's CRC-32 (so its text is what the loader wrote), its key,
+    and that the file holds exactly ``data_offset + nbytes`` bytes, and
+    reads the few fields a block is matched by with ``json.loads``.  The
+    loader wrote the header from a validated :class:`SegmentHeader`, and the
+    checksum says it is unchanged since.
+
+    :raises SegmentError: any check fails, or the text is not such a header.
+    """
+    first = os.pread(fd, _FIRST_READ, 0)
+    if len(first) < _PREFIX.size or first[:8] != MAGIC:
+        raise SegmentError(f"{path} is not a shmstore segment")
+    _, length = _PREFIX.unpack_from(first)
+    end = _PREFIX.size + length
+    if length > _MAX_HEADER:
+        raise SegmentError(f"{path} is damaged: header length {length} bytes")
+    text = first[_PREFIX.size : end]
+    if len(first) < end:
+        text += os.pread(fd, end - len(first), len(first))
+    (checksum,) = _CHECKSUM.unpack_from(first, 12)
+    if checksum != zlib.crc32(text):
+        raise SegmentError(f"{path} is damaged: its header's checksum does not match its text")
+    try:
+        fields = json.loads(text)
+        source = fields["source"]
+        header = BlockHeader(
+            data_offset=int(fields["data_offset"]),
+            nbytes=int(fields["nbytes"]),
+            generation=source.get("generation"),
+            block=tuple(source["block"]) if source.get("block") is not None else None,
+            named=bool(fields.get("named", False)),
+        )
+        found_key = fields["key"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise SegmentError(f"{path} has an invalid header: {err}") from err
+    if found_key != key:
+        raise SegmentError(f"{path} holds the segment of key {found_key}, not {key}")
+    if header.data_offset % PAGE or header.data_offset < end:
+        raise SegmentError(f"{path} is damaged: data offset {header.data_offset}")
+    if st.st_size != header.data_offset + header.nbytes:
+        raise SegmentError(
+            f"{path} is damaged: it holds {st.st_size} bytes, its header says "
+            f"{header.data_offset + header.nbytes}"
         )
     return header
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import h5py
 import numpy as np
 
-from . import _hdf5, _metadata, _raw
+from . import _hdf5, _metadata, _raw, _written
 from ._dtype import check_supported
 from ._dtype import empty as new_empty
 from ._durable import durable_from_env, fsync_dir, fsync_file
@@ -50,6 +50,7 @@ from ._memmap import check_external, map_rows, source_block
 from ._reconcile import check_record
 from ._rows import resolve_rows
 from ._store_lock import StoreLock
+from ._written import Stat, stat_of
 from .errors import (
     ArgumentError,
     ArrayNotFoundError,
@@ -59,6 +60,7 @@ from .errors import (
     ManifestError,
     ReadOnlyError,
     RowsError,
+    SegmentError,
     StoreNotFoundError,
     UnsupportedDtypeError,
 )
@@ -67,7 +69,7 @@ from .manifest import FORMAT_VERSION, ArrayInfo, Manifest
 if TYPE_CHECKING:
     from ._cache import Cache
     from ._handle import Handle
-    from ._segment import SegmentSource
+    from ._sharing import Described, Fill
 
 __all__ = ["Mode", "Store", "ViewMode", "check_name", "check_rows_fit", "open_store"]
 
@@ -214,7 +216,13 @@ class Store:
         except BaseException:
             self._lock.release()
             raise
-        self._finalizer = weakref.finalize(self, Store._release, self._handle, self._lock)
+        # The epoch of this writer's changes (see _written.py), once it writes.
+        self._writing: dict[str, str] = {}
+        if mode in ("w", "w-", "x"):
+            self._begin_writing()
+        self._finalizer = weakref.finalize(
+            self, Store._release, self._handle, self._lock, self._writing
+        )
         self._closed = False
         if not exists and self.durable:
             fsync_dir(self.path.parent)
@@ -323,6 +331,7 @@ class Store:
         where = str(self.path)
         self._known: dict[str, ArrayInfo | str] = {}
         self._chunk_indexes: dict[tuple[str, int, tuple[int, ...]], Any] = {}
+        self._descriptions: dict[str, Described] = {}
         self._format1: dict[str, ArrayInfo] | None = None
         try:
             record = _metadata.read_store_record(self._file, where)
@@ -428,11 +437,15 @@ class Store:
             self._empty_trash()
 
     @staticmethod
-    def _release(handle: dict[str, h5py.File], lock: StoreLock) -> None:
+    def _release(handle: dict[str, h5py.File], lock: StoreLock, written: dict[str, str]) -> None:
         try:
             file = handle.get("file")
             if file is not None and file.id.valid:
                 file.close()
+            # HDF5 rewrites the superblock when it closes a file opened for
+            # writing: the file as shmstore leaves it is known only now.
+            if written:
+                _written.record(Path(written["path"]), written["epoch"])
         finally:
             lock.release()
 
@@ -689,21 +702,20 @@ class Store:
                 "open it again to read the new file"
             )
 
-    def _segment_source(self, info: ArrayInfo, start: int, stop: int) -> SegmentSource:
-        """What a cached copy of these rows is a copy of: files (by identity), dataset, version.
+    def _files_of(self, info: ArrayInfo) -> tuple[tuple[str, ...], tuple[Stat, ...]]:
+        """The files of dataset *info* (the HDF5 file first) and their identities now.
 
         :raises StoreNotFoundError: the HDF5 file was removed since the store was opened.
         :raises InvalidStoreError: a raw file of the dataset is missing or cannot be examined.
         """
-        from ._segment import FileIdentity, SegmentSource
-
         self._check_same_file()
-        identity = []
-        for path in self.source_files(info.name):
+        files = tuple(str(p) for p in self.source_files(info.name))
+        stats = []
+        for path in files:
             try:
-                identity.append(FileIdentity.of(path))
+                stats.append(stat_of(path))
             except FileNotFoundError as err:
-                if path == self.path:
+                if path == str(self.path):
                     raise StoreNotFoundError(
                         f"{self.path} was removed while open: open it again"
                     ) from err
@@ -713,40 +725,92 @@ class Store:
                 ) from err
             except OSError as err:
                 raise InvalidStoreError(f"cannot examine {path} of {info.name!r}: {err}") from err
-        return SegmentSource(
+        return files, tuple(stats)
+
+    def _described(self, info: ArrayInfo) -> Described:
+        """What the sharing layer needs to serve *info*'s rows from the node's blocks.
+
+        Kept per dataset while its files keep their identity (one ``stat``
+        each); made again after any change, and then the node's blocks of
+        this dataset that no view will ask for again are removed.
+        """
+        from ._sharing import Described, block_nbytes, block_target, drop_stale, note
+
+        known = self._descriptions.get(info.name)
+        if (
+            known is not None
+            and known.version == info.version
+            and known.shape == info.shape
+            and known.current()
+        ):
+            return known
+        files, stats = self._files_of(info)
+        epoch = _written.trusted(self.path, stats) if info.generation is not None else None
+        chunk_rows = info.chunks[0] if info.chunks is not None else None
+        described = Described.of(
             path=str(self.path),
-            identity=tuple(identity),
             dataset=info.name,
+            files=files,
+            stats=stats,
+            generation=f"{info.generation}.{epoch}" if epoch is not None else None,
             version=info.version,
-            start=start,
-            stop=stop,
+            dtype=info.dtype,
+            shape=info.shape,
+            block=block_nbytes(info.row_nbytes, chunk_rows, block_target()),
+        )
+        self._descriptions[info.name] = described
+        if note(described):
+            drop_stale(self.cache, described)
+        return described
+
+    def _block_fill(self, info: ArrayInfo, lo: int, hi: int) -> Fill:
+        """How to load the bytes ``[lo, hi)`` of dataset *info* into a block."""
+        from ._fill import FileBlock
+        from ._load import block_filler
+
+        row = info.row_nbytes
+        first, last = lo // row, -(-hi // row)
+        what = f"{self.path.name}:{info.name}[{first}:{last}]"
+        dataset = _hdf5.open_dataset(self._file, info.name)
+        try:
+            path, offset = source_block(dataset, info, self.path)
+            return FileBlock(path, offset + lo, what)
+        except LayoutError:  # chunked, or never written: decoded here, or by HDF5
+            pass
+        index = self._chunk_index(dataset, info, (first, last), hdf5_reads=False)
+        return block_filler(
+            dataset,
+            info,
+            lo,
+            hi,
+            path=self.path,
+            what=what,
+            index=index,
+            # Before HDF5 reads rows (what shmstore cannot decode): check its lookups.
+            check_hdf5=lambda a, b: self._chunk_index(dataset, info, (a, b), hdf5_reads=True),
         )
 
     def _shared(
         self, info: ArrayInfo, start: int, stop: int
-    ) -> tuple[np.ndarray[Any, Any], SegmentSource]:
-        from ._fill import FileBlock
-        from ._load import chunk_filler, dataset_filler
+    ) -> tuple[np.ndarray[Any, Any], Described]:
+        from ._sharing import view_rows
 
-        source = self._segment_source(info, start, stop)
-        dataset = _hdf5.open_dataset(self._file, info.name)
-        what = f"{self.path.name}:{info.name}[{start}:{stop}]"
-        try:
-            path, offset = source_block(dataset, info, self.path)
-            fill: Any = FileBlock(path, offset + start * info.row_nbytes, what)
-        except LayoutError:  # chunked, or never written: decoded here, or by HDF5
-            index = self._chunk_index(dataset, info, (start, stop), hdf5_reads=False)
-            fill = chunk_filler(dataset, info, start, self.path, what, index=index)
-            if fill is None:
-                self._chunk_index(dataset, info, (start, stop), hdf5_reads=True)
-                fill = dataset_filler(dataset, info, start, what)
-        shape = (stop - start, *info.shape[1:])
-        return self.cache.get(source, info.dtype, shape, fill), source
+        described = self._described(info)
+        array = view_rows(
+            self.cache,
+            described,
+            start,
+            stop,
+            lambda lo, hi: self._block_fill(info, lo, hi),
+        )
+        if array is None:  # a lookup returns None, a load never does
+            raise SegmentError(f"{self.path}:{info.name}: rows {start}:{stop} were not loaded")
+        return array, described
 
     def _view_array(
         self, name: str, rows: object, mode: str
-    ) -> tuple[np.ndarray[Any, Any], SegmentSource | None]:
-        """The array :meth:`view` yields, and the source of the shared copy if it is one."""
+    ) -> tuple[np.ndarray[Any, Any], Described | None]:
+        """The array :meth:`view` yields, and the description of the dataset if it is shared."""
         if mode not in _VIEW_MODES:
             raise ArgumentError(f"view mode must be one of {', '.join(_VIEW_MODES)}, got {mode!r}")
         info, start, stop = self._resolve(name, rows)
@@ -811,9 +875,8 @@ class Store:
         if not info.shape:
             raise RowsError(f"{name!r} is a scalar dataset: read it with store.read({name!r})")
         return Handle(
-            source=self._segment_source(info, start, stop),
-            dtype=info.dtype,
-            shape=(stop - start, *info.shape[1:]),
+            described=self._described(info),
+            rows=(start, stop),
             # The default cache is resolved in the process that uses the handle:
             # on another node ($JOB_SHMTMPDIR differs) it is that node's cache.
             cache_directory=str(self.cache.directory) if self._cache_given else None,
@@ -842,8 +905,16 @@ class Store:
                 "open it with mode 'a' or 'r+' to change it"
             )
 
+    def _begin_writing(self) -> None:
+        """Decide this writer's epoch before it first changes the file (see ``_written.py``)."""
+        if not self._writing:
+            fresh = self.mode in ("w", "w-", "x")
+            epoch = _written.new_epoch() if fresh else _written.epoch(self.path)
+            self._writing.update(path=str(self.path), epoch=epoch)
+
     def _reopen_writable(self) -> None:
         """Switch the h5py file to read/write (see ``_open_file``) before the first change."""
+        self._begin_writing()
         if self._handle.get("file") is None or self._file.mode == "r+":
             return
         self._check_alone()
@@ -893,6 +964,10 @@ class Store:
         os.utime(self.path, ns=(stat.st_atime_ns, max(time.time_ns(), stat.st_mtime_ns + 1)))
         if self.durable:
             fsync_file(self.path)
+        # Last: readers trust the records' generations only while the file is
+        # as shmstore left it (see _written.py).
+        self._begin_writing()
+        _written.record(self.path, self._writing["epoch"])
 
     @contextmanager
     def _change(self, expendable: list[tuple[int, int]] | None = None) -> Iterator[None]:
@@ -906,6 +981,7 @@ class Store:
         if self._journaled is not None:  # already inside one: the outer change covers this
             yield
             return
+        self._begin_writing()
         if self._format == 1:
             self._migrate()
         self._check_alone()

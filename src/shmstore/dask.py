@@ -238,8 +238,8 @@ class Preload(WorkerPlugin):
 class _Blocks:
     """What :func:`dask.array.from_array` slices: rows of one version of a dataset.
 
-    Picklable and small: one handle, and where the blocks of rows begin.
-    Each block of rows is its own segment of the node's cache.
+    Picklable and small: one handle, and where the dask chunks of rows begin.
+    Each is mapped from the blocks of the node's cache that hold its rows.
     """
 
     def __init__(self, handle: Handle, starts: Sequence[int]) -> None:
@@ -252,7 +252,7 @@ class _Blocks:
     def _block(self, index: int) -> np.ndarray[Any, Any]:
         first, _ = self.handle.rows
         stop = self.starts[index + 1] if index + 1 < len(self.starts) else self.shape[0]
-        part = self.handle._part(first + self.starts[index], first + stop)
+        part = self.handle.part(first + self.starts[index], first + stop)
         expected = (stop - self.starts[index], *self.shape[1:])
         with part.view("auto") as array:
             # A handle follows the dataset to its current version; the dask
@@ -337,7 +337,11 @@ def _from_open_store(store: Store, name: str, rows: object, chunks: Any) -> da.A
     if isinstance(chunks, str) and chunks == "auto":
         chunks = ("auto", *(-1 for _ in shape[1:]))
     try:
-        normal = normalize_chunks(chunks, shape, dtype=handle.dtype, previous_chunks=info.chunks)
+        # Dask chunks of whole cache blocks, so that no two tasks share a block
+        # they would each wait for (whole HDF5 chunks too: blocks are made of them).
+        block_rows = handle.block_rows
+        previous = info.chunks if block_rows is None else (block_rows, *shape[1:])
+        normal = normalize_chunks(chunks, shape, dtype=handle.dtype, previous_chunks=previous)
     except (ValueError, TypeError) as err:
         raise ArgumentError(
             f"chunks={chunks!r} do not fit {name!r} of shape {shape}: {err}"

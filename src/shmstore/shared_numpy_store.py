@@ -889,7 +889,7 @@ class SharedNumpyStore:
         an array you kept, or in another job) stays.  The object stays usable.
         """
         self.flush()
-        keys = [handle.key for handle, _ in self._shared.values()]
+        keys = [key for handle, _ in self._shared.values() for key in handle.keys]
         self._shared.clear()
         if keys:
             self.cache.evict(keys)

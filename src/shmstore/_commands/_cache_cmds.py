@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from .._cache import Cache, CacheEntry
-from ..errors import SegmentError
+from .._sharing import retire_dataset
+from .._store import open_store
+from ..errors import ArrayNotFoundError, SegmentError, ShmStoreError
 from ._format import count, emit_json, human_bytes, table
 
 __all__ = ["evict", "gc", "ls"]
@@ -37,15 +39,56 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
-def _origin(entry: CacheEntry) -> str:
-    """The file a slice is a copy of, or what kind of named array it is."""
-    if entry.named:
-        return "named, writable" if entry.writable else "named, read-only"
-    return Path(entry.path).name
+def _origin(path: str, *, named: bool, writable: bool) -> str:
+    """The file blocks are a copy of, or what kind of named array a segment is."""
+    if named:
+        return "named, writable" if writable else "named, read-only"
+    return Path(path).name
+
+
+def _spans(rows: list[tuple[int, int]]) -> str:
+    """``0:100, 200:300``: the union of row ranges."""
+    merged: list[list[int]] = []
+    for start, stop in sorted(rows):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], stop)
+        else:
+            merged.append([start, stop])
+    shown = ", ".join(f"{a}:{b}" for a, b in merged[:3])
+    return shown + (f" (+{len(merged) - 3})" if len(merged) > 3 else "")
+
+
+def _grouped(entries: list[CacheEntry]) -> list[dict[str, Any]]:
+    """The blocks of *entries* grouped by file, dataset and generation; other segments alone."""
+    groups: dict[tuple[str, ...], list[CacheEntry]] = {}
+    for e in entries:
+        slot = (
+            (e.path, e.dataset, e.generation or "", str(e.stale))
+            if e.block is not None
+            else (e.key,)
+        )
+        groups.setdefault(slot, []).append(e)
+    return [
+        {
+            "path": members[0].path,
+            "dataset": members[0].dataset,
+            "generation": members[0].generation,
+            "stale": members[0].stale,
+            "named": members[0].named,
+            "writable": members[0].writable,
+            "rows": _spans([e.rows for e in members]),
+            "blocks": len(members) if members[0].block is not None else 0,
+            "nbytes": sum(e.nbytes for e in members),
+            "in_use": sum(e.in_use for e in members),
+            "keys": [e.key for e in members],
+            "created": min(e.created for e in members),
+        }
+        for members in groups.values()
+    ]
 
 
 def ls(args: argparse.Namespace) -> int:
-    """List the node's cached slices, with totals against the budget and the free space."""
+    """List the node's cached blocks by dataset, with totals against the budget and free space."""
     cache = _cache(args)
     entries = cache.entries()
     now = time.time()
@@ -61,29 +104,35 @@ def ls(args: argparse.Namespace) -> int:
                 "free": free,
                 "in_use": in_use,
                 "entries": [_entry(e, now) for e in entries],
+                "datasets": [
+                    {k: v for k, v in g.items() if k != "created"} for g in _grouped(entries)
+                ],
             }
         )
         return 0
     share = f" ({used / cache.budget:.0%})" if cache.budget else ""
     print(
-        f"{cache.directory}: {count(len(entries), 'slice')} ({in_use} in use), "
+        f"{cache.directory}: {count(len(entries), 'segment')} ({in_use} in use), "
         f"{human_bytes(used)} of a budget of {human_bytes(cache.budget)}{share}; "
         f"{human_bytes(free)} free on its file system"
     )
-    if entries:
+    groups = _grouped(entries)
+    if groups:
         rows = [
             (
-                e.key,
-                _origin(e),
-                e.dataset if len(e.dataset) <= 40 else e.dataset[:37] + "...",
-                f"{e.rows[0]}:{e.rows[1]}",
-                human_bytes(e.nbytes),
-                "yes" if e.in_use else "no",
-                _age(now - e.created),
+                _origin(g["path"], named=g["named"], writable=g["writable"]),
+                g["dataset"] if len(g["dataset"]) <= 40 else g["dataset"][:37] + "...",
+                g["rows"] + (" (old)" if g["stale"] else ""),
+                str(g["blocks"]) if g["blocks"] else g["keys"][0],
+                human_bytes(g["nbytes"]),
+                f"{g['in_use']} of {len(g['keys'])}"
+                if g["blocks"]
+                else ("yes" if g["in_use"] else "no"),
+                _age(now - g["created"]),
             )
-            for e in entries
+            for g in groups
         ]
-        print(table(("key", "file", "dataset", "rows", "size", "in use", "age"), rows))
+        print(table(("file", "dataset", "rows cached", "blocks", "size", "in use", "age"), rows))
     return 0
 
 
@@ -130,6 +179,11 @@ def _why_kept(cache: Cache, entry: CacheEntry) -> str:
         stale = not all(i.is_current() for i in cache.header(entry.key).source.identity)
     except (OSError, SegmentError):
         stale = False
+    if entry.stale:
+        return (
+            "in use: a block of an old generation of its dataset, which a process maps; "
+            "removed when the last process unmaps it"
+        )
     if entry.named and not entry.in_use:
         return "a named array no process maps: gc removes it"
     if entry.named:
@@ -141,10 +195,41 @@ def _why_kept(cache: Cache, entry: CacheEntry) -> str:
     return "current: its file is unchanged (evict it to free the space)"
 
 
+def _retire_old_generations(cache: Cache) -> None:
+    """Retire the blocks no view will ask for again: of a dataset changed or deleted since.
+
+    The cache cannot tell them (it knows nothing of HDF5): each store with
+    blocks in the cache is opened, and each dataset described as a view
+    would describe it, which retires its blocks of older generations and
+    old tails (see ``_sharing.py``).  A store another process writes, or
+    that cannot be opened, is left for later.
+    """
+    by_file: dict[str, set[str]] = {}
+    for e in cache.entries():
+        if e.block is not None and not e.stale and Path(e.path).exists():
+            by_file.setdefault(e.path, set()).add(e.dataset)
+    for path, names in by_file.items():
+        try:
+            store = open_store(path, "r", cache=cache, lock_timeout=1.0)
+        except (ShmStoreError, OSError) as err:
+            logging.getLogger("shmstore").info("gc: left the blocks of %s: %s", path, err)
+            continue
+        with store:
+            for name in names:
+                try:
+                    store.handle(name)
+                except ArrayNotFoundError:
+                    retire_dataset(cache, path, name)
+                except (ShmStoreError, OSError):
+                    continue
+
+
 def gc(args: argparse.Namespace) -> int:
-    """Remove what no process needs: files of dead loaders, stale or damaged slices."""
+    """Remove what no process needs: files of dead loaders, old or damaged blocks."""
     cache = _cache(args)
     with _collected() as messages:
+        if not args.dry_run:
+            _retire_old_generations(cache)
         removed = cache.gc(dry_run=args.dry_run)
     entries = cache.entries()
     kept = {e.key: _why_kept(cache, e) for e in entries}

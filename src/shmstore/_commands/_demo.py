@@ -55,10 +55,11 @@ _ROW_FLOATS = 1024  # float64 per row: 8 KiB rows
 
 
 def private_bytes(exclude: str | None = None) -> int:
-    """This process's USS in bytes, less the private pages of its mapping of file *exclude*.
+    """This process's USS in bytes, less the private pages of its mappings of files in *exclude*.
 
     USS counts a shared-memory page mapped by this process alone as private;
-    *exclude* takes the segment's pages out, as they are counted once apart.
+    *exclude* (the cache directory) takes the blocks' pages out, as they are
+    counted once apart.
     One read of ``/proc/self/smaps``: whether a page is private changes as
     other processes map it, so the total and the part left out must be
     read together.
@@ -69,13 +70,13 @@ def private_bytes(exclude: str | None = None) -> int:
         for line in smaps:
             first = line.split(maxsplit=1)[0] if line.strip() else ""
             if "-" in first and not first.endswith(":"):  # a mapping's header line
-                inside = exclude is not None and line.rstrip().endswith(exclude)
+                inside = exclude is not None and f" {exclude}/" in line
             elif first in ("Private_Clean:", "Private_Dirty:") and not inside:
                 total += int(line.split()[1]) * 1024
     return total
 
 
-def shared_worker(handle: Any, segment: str, out: Connection, go: Any) -> None:
+def shared_worker(handle: Any, directory: str, out: Connection, go: Any) -> None:
     """A worker that maps the node's copy through *handle*; sends its private growth in bytes."""
     # Measured from after the imports and set-up, so that only the slice's cost counts.
     handle.is_current()
@@ -85,7 +86,7 @@ def shared_worker(handle: Any, segment: str, out: Connection, go: Any) -> None:
     before = private_bytes()
     array = handle.pin()
     float(np.asarray(array).sum())  # touch every page
-    out.send((private_bytes(exclude=segment) - before, before))
+    out.send((private_bytes(exclude=directory) - before, before))
     go.wait(120)
 
 
@@ -195,11 +196,12 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         started = time.monotonic()
         handle.pin()  # the node's one load
         load_seconds = time.monotonic() - started
-        segment = str(cache.directory / f"{handle.key}.seg")
-        shared_bytes = os.stat(segment).st_blocks * 512
+        shared_bytes = sum(
+            os.stat(cache.directory / f"{key}.seg").st_blocks * 512 for key in handle.keys
+        )
         handle.unpin()
         _say(args, f"{args.workers} workers map the node's copy")
-        shared = measure(shared_worker, (handle, segment), args.workers)
+        shared = measure(shared_worker, (handle, str(cache.directory)), args.workers)
         _say(args, f"{args.workers} workers read their own copy with h5py")
         # How other tools find an appendable dataset's raw file beside its HDF5 file;
         # HDF5 reads it when it starts, so the workers get it in their environment.

@@ -272,8 +272,8 @@ def preload(args: argparse.Namespace) -> int:
             with store.view(args.name, rows, mode="shared"):
                 pass
     seconds = time.monotonic() - started
-    # Exact: the segment records the process that loaded it.
-    loaded = not there and cache.header(handle.key).creator_pid == os.getpid()
+    # Exact: each block records the process that loaded it.
+    loaded = not there and any(cache.header(key).creator_pid == os.getpid() for key in handle.keys)
     nbytes = handle.dtype.itemsize
     for n in handle.shape:
         nbytes *= n
@@ -284,7 +284,7 @@ def preload(args: argparse.Namespace) -> int:
                 "path": str(handle.path),
                 "dataset": handle.name,
                 "rows": [start, stop],
-                "key": handle.key,
+                "keys": list(handle.keys),
                 "nbytes": nbytes,
                 "loaded": loaded,
                 "seconds": seconds,
@@ -294,11 +294,11 @@ def preload(args: argparse.Namespace) -> int:
     elif loaded:
         print(
             f"loaded {handle.name}[{start}:{stop}] ({human_bytes(nbytes)}) into "
-            f"{cache.directory} in {seconds:.2f} s (key {handle.key})"
+            f"{cache.directory} in {seconds:.2f} s ({len(handle.keys)} blocks)"
         )
     else:
         print(
             f"{handle.name}[{start}:{stop}] ({human_bytes(nbytes)}) is already in "
-            f"{cache.directory} (key {handle.key}); nothing to do"
+            f"{cache.directory} ({len(handle.keys)} blocks); nothing to do"
         )
     return 0

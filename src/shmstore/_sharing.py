@@ -1,0 +1,334 @@
+"""Sharing: rows of a dataset as the cache blocks that cover them, and one array over them.
+
+A dataset's bytes (C order) are cut into blocks of a fixed size (a whole
+number of pages, and of chunk rows for chunked datasets when that is not
+much larger; ``SHMSTORE_BLOCK``).  A view of rows ``[a, b)`` maps the blocks
+over bytes ``[a * row, b * row)`` side by side (``_region.py``) and is one
+read-only ndarray on them (``docs/design.md``, "Blocks and identity").
+
+A block's key is made of the dataset's identity (its file's path and its
+name: the key's first 16 hex digits, so the blocks of one dataset are found
+by name) and of its generation and bytes.  The generation is the one in the
+dataset's record while shmstore wrote the file last (``_written.py``), else
+one made from the identities of the files, so a change by another tool is
+never served stale.  Appends keep the generation: full blocks stay valid and
+only the last, partial block is replaced.
+
+What a process knows of a dataset (:class:`Described`) is what the hot path
+needs: a ``stat`` of each source file tells that it still holds, and the
+keys follow by arithmetic; no HDF5 call, no pydantic model.
+
+This module knows nothing of HDF5: the store describes datasets and makes
+the fills.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import os
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._cache import Block, Cache, parse_budget
+from ._fill import FileFill
+from ._region import memory_of
+from ._segment import FORMAT, PAGE, FileIdentity, SegmentSource
+from ._written import Stat, stat_of
+from .errors import ArgumentError
+
+__all__ = [
+    "DEFAULT_BLOCK",
+    "ENV_BLOCK",
+    "Described",
+    "Fill",
+    "block_keys",
+    "block_nbytes",
+    "block_target",
+    "drop_stale",
+    "note",
+    "retire_dataset",
+    "view_rows",
+]
+
+ENV_BLOCK = "SHMSTORE_BLOCK"
+DEFAULT_BLOCK = 64 << 20
+"""Bytes per block unless ``SHMSTORE_BLOCK`` says otherwise (see ``docs/design.md``)."""
+_UNALIGNED_LIMIT = 4  # a chunk-aligned block may be this many times the target, no more
+
+Fill = Callable[[np.ndarray[Any, Any]], object] | FileFill
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_block(text: str) -> int:
+    if "%" in text:
+        raise ArgumentError(f"invalid {ENV_BLOCK} {text!r}: give bytes, or a size such as 64M")
+    return max(PAGE, parse_budget(text, "/", ENV_BLOCK) // PAGE * PAGE)
+
+
+def block_target() -> int:
+    """The block size asked for, in bytes: ``$SHMSTORE_BLOCK`` (``64M``, bytes), else 64 MiB.
+
+    :raises ArgumentError: the variable cannot be read as a size.
+    """
+    text = os.environ.get(ENV_BLOCK, "").strip()
+    return _parse_block(text) if text else DEFAULT_BLOCK
+
+
+def block_nbytes(row_nbytes: int, chunk_rows: int | None, target: int) -> int:
+    """Bytes per block of a dataset: whole pages; whole chunk rows when that costs little.
+
+    :param chunk_rows: rows per chunk of a chunked dataset (``None`` otherwise):
+        a block boundary inside a chunk would make two blocks decode it.
+    """
+    unit = PAGE if chunk_rows is None else math.lcm(chunk_rows * row_nbytes, PAGE)
+    if unit <= target:
+        return target // unit * unit
+    if unit <= _UNALIGNED_LIMIT * target:
+        return unit
+    return target  # chunks this large and odd: some are decoded by two blocks
+
+
+@functools.lru_cache(maxsize=4096)
+def _prefix(path: str, dataset: str) -> str:
+    return hashlib.sha256(f"{FORMAT}/dataset\n{path}\n{dataset}".encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=65536)
+def _key(prefix: str, generation: str, block: int, lo: int, hi: int) -> str:
+    text = f"{FORMAT}/block\n{generation}\n{block}\n{lo}\n{hi}"
+    return prefix + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Described:
+    """What a process knows of a dataset to serve its rows from blocks.
+
+    :param files: the HDF5 file, then the dataset's raw files, absolute.
+    :param stats: their identities when the generation was decided.
+    :param generation: the record's generation when *trusted*, else one
+        made from *stats* (the file was changed by another tool).
+    :param block: bytes per block.
+    """
+
+    path: str
+    dataset: str
+    files: tuple[str, ...]
+    stats: tuple[Stat, ...]
+    generation: str
+    trusted: bool
+    version: int
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    block: int
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        path: str,
+        dataset: str,
+        files: tuple[str, ...],
+        stats: tuple[Stat, ...],
+        generation: str | None,
+        version: int,
+        dtype: np.dtype[Any],
+        shape: tuple[int, ...],
+        block: int,
+    ) -> Described:
+        """Describe a dataset; *generation* is its record's, if shmstore wrote the file last."""
+        trusted = generation is not None
+        if generation is None:
+            text = f"{stats}\n{version}"
+            generation = "f" + hashlib.sha256(text.encode()).hexdigest()[:16]
+        return cls(path, dataset, files, stats, generation, trusted, version, dtype, shape, block)
+
+    @property
+    def prefix(self) -> str:
+        """The first 16 hex digits of the keys of every block of this dataset."""
+        return _prefix(self.path, self.dataset)
+
+    @property
+    def row_nbytes(self) -> int:
+        """Bytes per row."""
+        return math.prod(self.shape[1:]) * self.dtype.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole dataset."""
+        return self.shape[0] * self.row_nbytes
+
+    def current(self) -> bool:
+        """True while every file still has the identity seen (one ``stat`` each)."""
+        try:
+            return all(stat_of(f) == seen for f, seen in zip(self.files, self.stats, strict=True))
+        except OSError:
+            return False
+
+    def span(self, index: int) -> tuple[int, int]:
+        """Bytes ``[lo, hi)`` of the dataset that block *index* holds."""
+        lo = index * self.block
+        return lo, min(lo + self.block, self.nbytes)
+
+    def source(self, index: int) -> SegmentSource:
+        """What block *index* is a copy of (for its header)."""
+        lo, hi = self.span(index)
+        row = self.row_nbytes
+        # gc removes a block whose files are gone or replaced.
+        identity = tuple(
+            FileIdentity(path=f, dev=dev, ino=ino, size=size, mtime_ns=mtime_ns)
+            for f, (dev, ino, size, mtime_ns) in zip(self.files, self.stats, strict=True)
+        )
+        return SegmentSource(
+            path=self.path,
+            identity=identity,
+            dataset=self.dataset,
+            version=0,  # appends keep a block valid: the version is not part of it
+            start=lo // row,
+            stop=-(-hi // row),
+            generation=self.generation,
+            block=(lo, hi),
+        )
+
+    def is_stale(self, source: SegmentSource) -> bool:
+        """True for a block of this dataset that no view will ask for again.
+
+        Of another generation, or an old last block (a tail an append has
+        grown since); blocks made with another block size are left alone
+        (another process may use that size).
+        """
+        if source.block is None:
+            return False
+        if source.generation != self.generation:
+            return True
+        lo, hi = source.block
+        if lo % self.block or (hi - lo) > self.block:
+            return False
+        return hi != min(lo + self.block, self.nbytes)
+
+
+# (cache directory, block keys) -> this process's region mapping them (weakly:
+# the arrays keep it alive).  A second view of the same blocks reuses it.
+_REGIONS: dict[tuple[str, tuple[str, ...]], weakref.ReferenceType[Any]] = {}
+
+
+def _forget_regions_after_fork() -> None:
+    # A forked child inherits its parent's mappings, but their locks belong to
+    # open file descriptions the parent shares: the child maps afresh.
+    _REGIONS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_regions_after_fork)
+
+
+def _remember(slot: tuple[str, tuple[str, ...]], target: object) -> None:
+    def forget(ref: weakref.ReferenceType[Any]) -> None:
+        if _REGIONS.get(slot) is ref:
+            _REGIONS.pop(slot, None)
+
+    _REGIONS[slot] = weakref.ref(target, forget)
+
+
+def _empty(described: Described, rows: int) -> np.ndarray[Any, Any]:
+    array = np.empty((rows, *described.shape[1:]), dtype=described.dtype)
+    array.flags.writeable = False
+    return array
+
+
+def block_keys(described: Described, start: int, stop: int) -> tuple[str, ...]:
+    """The keys of the blocks holding rows ``[start, stop)`` (none for no bytes)."""
+    row, size = described.row_nbytes, described.block
+    if stop <= start or row == 0:
+        return ()
+    first, last = start * row // size, -(-stop * row // size)
+    prefix, generation = described.prefix, described.generation
+    return tuple(_key(prefix, generation, size, *described.span(i)) for i in range(first, last))
+
+
+def view_rows(
+    cache: Cache,
+    described: Described,
+    start: int,
+    stop: int,
+    fill: Callable[[int, int], Fill] | None,
+    *,
+    timeout: float | None = None,
+    on_load: Callable[[Block], object] | None = None,
+) -> np.ndarray[Any, Any] | None:
+    """A read-only array of rows ``[start, stop)``, on the node's blocks; ``None`` if absent.
+
+    :param fill: makes the fill of the bytes ``[lo, hi)`` of the dataset,
+        for the blocks this process loads; ``None`` maps only what the node
+        holds, and returns ``None`` when a block is missing.
+    :raises CacheFullError, LockTimeoutError, SegmentError: as :meth:`Cache.map_blocks`.
+    """
+    row = described.row_nbytes
+    if stop <= start or row == 0:
+        return _empty(described, max(stop - start, 0))
+    size = described.block
+    lo, hi = start * row, stop * row
+    first, last = lo // size, -(-hi // size)
+    generation = described.generation
+    keys = block_keys(described, start, stop)
+    slot = (str(cache.directory), keys)
+    ref = _REGIONS.get(slot)
+    target = ref() if ref is not None else None
+    if target is None:
+        blocks = [
+            Block(
+                key=key,
+                generation=generation,
+                span=described.span(i),
+                source=functools.partial(described.source, i),
+                fill=functools.partial(_no_fill, described)
+                if fill is None
+                else functools.partial(fill, *described.span(i)),
+            )
+            for key, i in zip(keys, range(first, last), strict=True)
+        ]
+        region = cache.map_blocks(blocks, load=fill is not None, timeout=timeout, on_load=on_load)
+        if region is None:
+            return None
+        target = region.target
+        _remember(slot, target)
+    count = (stop - start) * (row // described.dtype.itemsize)
+    flat = np.frombuffer(
+        memory_of(target), dtype=described.dtype, count=count, offset=lo - first * size
+    )
+    return flat.reshape((stop - start, *described.shape[1:]))
+
+
+def _no_fill(described: Described) -> Fill:
+    raise ArgumentError(f"{described.path}:{described.dataset}: a lookup never loads")
+
+
+# (file, dataset) -> (generation, bytes) this process last described: a new
+# state means blocks of an older one may be left in the cache.
+_SEEN: dict[tuple[str, str], tuple[str, int]] = {}
+
+
+def note(described: Described) -> bool:
+    """Remember *described*; True if this process had not seen the dataset so before."""
+    slot, state = (described.path, described.dataset), (described.generation, described.nbytes)
+    if _SEEN.get(slot) == state:
+        return False
+    _SEEN[slot] = state
+    return True
+
+
+def retire_dataset(cache: Cache, path: str, dataset: str) -> list[str]:
+    """Retire every block of *dataset* of the file *path* (it was deleted)."""
+    return cache.drop_blocks(_prefix(path, dataset), lambda source: True)
+
+
+def drop_stale(cache: Cache, described: Described) -> list[str]:
+    """Unlink the node's blocks of this dataset that no view will ask for again.
+
+    See :meth:`Described.is_stale` and :meth:`Cache.drop_blocks`.
+    """
+    return cache.drop_blocks(described.prefix, described.is_stale)
