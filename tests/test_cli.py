@@ -260,7 +260,8 @@ def test_ls_json_matches_the_cache_entries(store_file: Path, cache_dir: Path) ->
     ]
     out = run("ls", cache_dir=cache_dir).stdout
     assert "2 segments" in out
-    assert "activations" in out and "lookup" in out
+    assert "activations" in out
+    assert "lookup" in out
 
 
 def test_gc_dry_run_names_a_dead_loaders_file_and_gc_removes_it(cache_dir: Path) -> None:

@@ -53,9 +53,11 @@ def test_preload_of_a_slice_another_process_loaded_says_it_was_there(
     store_file: Path, cache_dir: Path
 ) -> None:
     cache = shmstore.Cache(cache_dir)
-    with shmstore.open(store_file, cache=cache) as store:
-        with store.view("activations", rows=(0, 500), mode="shared"):
-            pass
+    with (
+        shmstore.open(store_file, cache=cache) as store,
+        store.view("activations", rows=(0, 500), mode="shared"),
+    ):
+        pass
     done = run("preload", str(store_file), "activations", "--rows", "0:500", cache_dir=cache_dir)
     assert done.returncode == 0
     assert "already" in done.stdout

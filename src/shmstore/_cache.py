@@ -212,31 +212,29 @@ class CacheEntry(BaseModel):
     stale: bool = False
 
 
-@dataclass(frozen=True)
-class Block:
-    """A block to map: bytes ``[lo, hi)`` of a dataset under a key, and how to load them.
+class Block(NamedTuple):
+    """A block to map: bytes ``[lo, hi)`` of a dataset, under a key.
 
     :param key: the block's key (made by the sharing layer, ``_sharing.py``).
     :param generation: the generation of the dataset the bytes are of.
     :param span: ``(lo, hi)``, the bytes of the dataset (C order) the block holds;
         a whole number of pages unless it is the last block of a dataset.
-    :param source: makes what the bytes are a copy of, for the header of a
-        block this process loads (its ``generation`` and ``block`` set).
-    :param fill: makes the fill (a callback writing a ``uint8`` array of the
-        block's bytes, or a :class:`FileFill`); called only by the process that loads.
+    :param number: the block's number in its dataset (``lo // block size``).
     """
 
     key: str
     generation: str
     span: tuple[int, int]
-    source: Callable[[], SegmentSource]
-    fill: Callable[[], Callable[[np.ndarray[Any, Any]], object] | FileFill]
+    number: int
 
     @property
     def nbytes(self) -> int:
         """Bytes of data."""
         return self.span[1] - self.span[0]
 
+
+BlockFill = Callable[[np.ndarray[Any, Any]], object] | FileFill
+"""A fill callback writing a block's ``uint8`` array, or a :class:`FileFill`."""
 
 _BYTES = np.dtype(np.uint8)
 
@@ -248,6 +246,10 @@ class _Mapped(NamedTuple):
     header: SegmentHeader
     file: tuple[int, int]  # (st_dev, st_ino) of the segment file mapped
 
+
+# (cache directory with a trailing separator, pid) -> the directory opened O_PATH
+# (see Cache._directory_fd).  Keyed by pid: a forked child opens its own.
+_DIRECTORY_FDS: dict[tuple[str, int], int] = {}
 
 # (segment path, writable) -> this process's mapping of it (weakly: the arrays
 # keep it alive).  A writable named array may be mapped both ways at once.
@@ -542,8 +544,9 @@ class Cache:
     :raises ArgumentError: the budget (argument or variable) cannot be read.
 
     Every process of the node that makes a ``Cache`` of the same directory
-    shares its segments.  A ``Cache`` holds no open files: it pickles as its
-    directory and budget and is cheap to make.
+    shares its segments.  A ``Cache`` holds no open files (each process
+    keeps one descriptor of each cache directory it looks blocks up in): it
+    pickles as its directory and budget and is cheap to make.
     """
 
     directory: Path
@@ -572,6 +575,11 @@ class Cache:
 
     def __repr__(self) -> str:
         return f"Cache(directory={str(self.directory)!r}, budget={self.budget})"
+
+    @property
+    def prefix(self) -> str:
+        """The directory with a trailing separator: file names are appended to it."""
+        return self._prefix
 
     def __reduce__(self) -> tuple[type[Cache], tuple[str, int]]:
         return (type(self), (str(self.directory), self.budget))
@@ -968,7 +976,8 @@ class Cache:
         self,
         blocks: Sequence[Block],
         *,
-        load: bool = True,
+        source: Callable[[Block], SegmentSource],
+        fill: Callable[[Block], BlockFill] | None,
         timeout: float | None = None,
         on_load: Callable[[Block], object] | None = None,
     ) -> Region | None:
@@ -981,7 +990,11 @@ class Cache:
         process is loading, loads it, and then waits, in a blocking lock,
         for the blocks others claimed, loading any whose loader died.
 
-        :param load: ``False`` maps only: ``None`` if a block is absent.
+        :param source: what a block is a copy of, for its header (its
+            ``generation`` and ``block`` set); asked only for blocks loaded
+            and for messages.
+        :param fill: how to fill a block this process loads; ``None`` maps
+            only, and returns ``None`` if a block is absent.
         :param on_load: called with each block this process loads, under its
             lock, before any space is taken.
         :param timeout: seconds to wait for another process's load of a
@@ -1006,13 +1019,13 @@ class Cache:
         missing = [i for i, b in enumerate(blocks) if not self._place_block(region, offsets[i], b)]
         if not missing:
             return region
-        if not load:
+        if fill is None:
             return None
         needed = sum(PAGE + round_up(b.nbytes) for b in blocks)
         if needed > self.budget:
-            first = blocks[0].source()
+            first = source(blocks[0])
             raise CacheFullError(
-                f"{first.path}:{first.dataset} rows {first.start}:{blocks[-1].source().stop} "
+                f"{first.path}:{first.dataset} rows {first.start}:{source(blocks[-1]).stop} "
                 f"need about {needed} bytes of cache, more than its whole budget of "
                 f"{self.budget} bytes ({self.directory}); raise {ENV_BUDGET} or ask for "
                 "fewer rows"
@@ -1020,6 +1033,7 @@ class Cache:
         # The directory may have been removed since (it is made again, 0700), or
         # replaced by a link (refused): checked once per load, not per attach.
         _prepare_directory(self.directory)
+        self._directory_fd(recheck=True)
         claimed_elsewhere = []
         for i in missing:
             claim = Claim.take(self._lock_path(blocks[i].key))
@@ -1027,14 +1041,51 @@ class Cache:
                 claimed_elsewhere.append(i)
                 continue
             with claim:
-                self._load_block(region, offsets[i], blocks[i], on_load)
+                self._load_block(
+                    region, offsets[i], blocks[i], source=source, fill=fill, on_load=on_load
+                )
         for i in claimed_elsewhere:
-            what = blocks[i].source().describe()
+            what = source(blocks[i]).describe()
             with Claim.wait(self._lock_path(blocks[i].key), timeout, what):
                 # Most likely published by the process we waited for; else it died.
-                self._load_block(region, offsets[i], blocks[i], on_load)
-        region.on_release(self._release_stale, [b.key for b in blocks])
+                self._load_block(
+                    region, offsets[i], blocks[i], source=source, fill=fill, on_load=on_load
+                )
         return region
+
+    def _directory_fd(self, *, recheck: bool = False) -> int:
+        """The cache directory opened ``O_PATH`` (never through a link): once per process.
+
+        Blocks are opened in it by name, so a lookup costs no open of the
+        directory, and a directory replaced by a link since is not followed.
+        One descriptor per directory and process, kept for the process's
+        life.  *recheck* (on a load, after the directory was made again if
+        it had been removed) opens it anew if the path names another
+        directory now.
+        """
+        slot = (self._prefix, os.getpid())
+        held = _DIRECTORY_FDS.get(slot)
+        if held is not None and recheck:
+            try:
+                now, same = os.lstat(self.directory), os.fstat(held)
+                moved = (now.st_dev, now.st_ino) != (same.st_dev, same.st_ino)
+            except OSError:
+                moved = True
+            if moved:
+                os.close(_DIRECTORY_FDS.pop(slot))
+                held = None
+        if held is None:
+            try:
+                held = os.open(
+                    self.directory, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                )
+            except OSError as err:
+                raise SegmentError(
+                    f"cannot open the cache directory {self.directory} ({err.strerror or err}): "
+                    "it is gone, or a link (links are not followed)"
+                ) from err
+            _DIRECTORY_FDS[slot] = held
+        return held
 
     def _lock_path(self, key: str) -> str:
         return f"{self._prefix}{key}{_LOCK_SUFFIX}"
@@ -1044,6 +1095,9 @@ class Cache:
         region: Region,
         offset: int,
         block: Block,
+        *,
+        source: Callable[[Block], SegmentSource],
+        fill: Callable[[Block], BlockFill],
         on_load: Callable[[Block], object] | None,
     ) -> None:
         """Map *block* at *offset* of *region*, loading it first if absent (under its claim)."""
@@ -1051,11 +1105,10 @@ class Cache:
             return
         if on_load is not None:
             on_load(block)
-        fill = block.fill()
-        header = new_header(block.key, block.source(), _BYTES, (block.nbytes,))
+        header = new_header(block.key, source(block), _BYTES, (block.nbytes,))
         fd = self._publish(
             header,
-            fill,
+            fill(block),
             lambda fd: region.place(fd, offset, header.data_offset, block.nbytes),
         )
         os.close(fd)  # the mapping keeps the file, and with it the shared lock
@@ -1069,7 +1122,7 @@ class Cache:
         path = self._segment_path(block.key)
         for _ in range(_ATTACH_ATTEMPTS):
             try:
-                fd, st = open_segment(path, shared=True)
+                fd, st = open_segment(path, shared=True, dir_fd=self._directory_fd())
             except FileNotFoundError:
                 return False
             try:
@@ -1083,8 +1136,9 @@ class Cache:
                 ):
                     raise SegmentError(
                         f"{path} holds {header.nbytes} bytes of another source than the block "
-                        f"{block.source().describe()} its name stands for; it is never mapped: "
-                        "remove it (shmstore gc, or Cache.evict)"
+                        f"{block.key} (bytes {block.span[0]}:{block.span[1]} of generation "
+                        f"{block.generation}) its name stands for; it is never mapped: remove it "
+                        "(shmstore gc, or Cache.evict)"
                     )
                 region.place(fd, offset, header.data_offset, header.nbytes)
                 now = time.time_ns()
@@ -1112,8 +1166,11 @@ class Cache:
         :returns: the keys retired.
         """
         removed = []
-        for f in self._list(_Kind.SEGMENT):
+        for f in self._list(_Kind.SEGMENT, _Kind.STALE):
             if not f.key.startswith(prefix):
+                continue
+            if f.kind is _Kind.STALE:  # retired before: gone once no process maps it
+                _remove_unused(f.path)
                 continue
             try:
                 fd, st = open_segment(f.path)
@@ -1142,11 +1199,11 @@ class Cache:
             removed.append(f.key)
         return removed
 
-    def _release_stale(self, keys: Sequence[str]) -> None:
-        """Remove the retired blocks among *keys* that no process maps any more.
+    def remove_retired(self, keys: Sequence[str]) -> None:
+        """Remove the retired blocks (:meth:`drop_blocks`) among *keys* that no process maps.
 
-        Run when this process unmaps a view: the last process to unmap a
-        retired block removes it.
+        For a process that unmaps blocks it knows are retired: the last
+        process to unmap a retired block removes it.
         """
         for key in keys:
             path = f"{self._prefix}{key}{_STALE_SUFFIX}"

@@ -55,6 +55,7 @@ class Handle:
         self._cache_directory = cache_directory
         self._cache_budget = cache_budget
         self._pinned: np.ndarray[Any, Any] | None = None
+        self._cache: Cache | None = None  # resolved in the process that uses the handle
 
     @property
     def path(self) -> Path:
@@ -112,7 +113,10 @@ class Handle:
         cache (``SHMSTORE_DIR``, ``$JOB_SHMTMPDIR/shmstore``, ...), so a handle
         sent to a worker on another node resolves to that node's cache.
         """
-        return cache_for(self._cache_directory, self._cache_budget)
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = cache_for(self._cache_directory, self._cache_budget)
+        return cache
 
     def part(self, start: int, stop: int) -> Handle:
         """A handle of rows ``[start, stop)`` of this handle's dataset, as this one last saw it.
@@ -154,6 +158,7 @@ class Handle:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_pinned"] = None  # a mapping belongs to one process
+        state["_cache"] = None  # so does the cache: another node's may be elsewhere
         return state
 
     def is_current(self) -> bool:

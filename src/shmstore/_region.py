@@ -53,12 +53,16 @@ def round_up(nbytes: int) -> int:
     return -(-nbytes // PAGE) * PAGE
 
 
-def _unmap(
-    address: int, length: int, then: list[tuple[Callable[..., object], tuple[Any, ...]]]
-) -> None:
+_Then = list[Callable[[], object]]
+
+# Weak references whose callbacks run once an mmap is unmapped (see on_release).
+_PENDING: set[weakref.ReferenceType[Any]] = set()
+
+
+def _unmap(address: int, length: int, then: _Then) -> None:
     _munmap(address, length)
-    for callback, args in then:  # after the unmap: the locks are gone now
-        callback(*args)
+    for callback in then:  # after the unmap: the mapping's locks are gone now
+        callback()
 
 
 class Region:
@@ -83,7 +87,7 @@ class Region:
         self.target: object = None
         """What arrays on the region keep alive (``None`` until a file is placed)."""
         self._address = 0
-        self._then: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
+        self._then: _Then = []
         if count == 1:
             return
         address = _mmap(
@@ -133,12 +137,22 @@ class Region:
             errno = ctypes.get_errno()
             raise SegmentError(f"cannot map a cache block into a view ({os.strerror(errno)})")
 
-    def on_release(self, callback: Callable[..., object], *args: Any) -> None:
-        """Call *callback(*args)* once the range is unmapped (after its files are placed)."""
+    def on_release(self, callback: Callable[[], object]) -> None:
+        """Call *callback* once the range is unmapped (after its files are placed).
+
+        After the unmap, so the callback sees the files no longer locked by
+        this process.
+        """
         if self._address:
-            self._then.append((callback, args))
-        else:  # an mmap unmaps before its weak references are called back
-            weakref.finalize(self.target, callback, *args)
+            self._then.append(callback)
+            return
+
+        # An mmap unmaps before it calls back its weak references.
+        def released(ref: weakref.ReferenceType[Any]) -> None:
+            _PENDING.discard(ref)
+            callback()
+
+        _PENDING.add(weakref.ref(self.target, released))
 
 
 def memory_of(target: object) -> Any:

@@ -354,7 +354,7 @@ def open_in_directory(path: str, flags: int, mode: int = 0o600) -> int:
 
 
 def open_segment(
-    path: str, *, shared: bool = False, writable: bool = False
+    path: str, *, shared: bool = False, writable: bool = False, dir_fd: int | None = None
 ) -> tuple[int, os.stat_result]:
     """Open the cache file *path*, refusing anything that is not ours and private.
 
@@ -374,10 +374,16 @@ def open_segment(
     :raises SegmentError: a symbolic link (or in a directory that is one), not
         a regular file, a file of another user, or one readable or writable
         by group or others.
+    :param dir_fd: the directory, opened already (``O_PATH``, not
+        following a link), to open the name in: saves opening it each time.
     :raises LockTimeoutError: *shared*, and an exclusive holder did not let go.
     """
+    flags = _OPEN_FLAGS | (os.O_RDWR if writable else os.O_RDONLY)
     try:
-        fd = open_in_directory(path, _OPEN_FLAGS | (os.O_RDWR if writable else os.O_RDONLY))
+        if dir_fd is None:
+            fd = open_in_directory(path, flags)
+        else:
+            fd = os.open(path.rpartition(os.sep)[2], flags | os.O_NOFOLLOW, dir_fd=dir_fd)
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise SegmentError(
@@ -478,6 +484,7 @@ def _parse_header(fd: int, st: os.stat_result, path: str) -> SegmentHeader:
 class BlockHeader(NamedTuple):
     """The fields of a block's header that mapping it needs (see :func:`read_block_header`)."""
 
+    key: str
     data_offset: int
     nbytes: int
     generation: str | None
@@ -485,18 +492,45 @@ class BlockHeader(NamedTuple):
     named: bool
 
 
+# Each field a block is matched by appears once in a header: the JSON a loader
+# wrote from a validated SegmentHeader, whose CRC-32 says it is unchanged.
+# Quotes inside JSON strings are escaped, so no string can fake a field.
+_KEY_FIELD = re.compile(rb'"key":"([0-9a-f]{32})"')
+_OFFSET_FIELD = re.compile(rb'"data_offset":(\d+)')
+_NBYTES_FIELD = re.compile(rb'"nbytes":(\d+)')
+_GENERATION_FIELD = re.compile(rb'"generation":"([0-9A-Za-z.]*)"')
+_BLOCK_FIELD = re.compile(rb'"block":\[(\d+),(\d+)\]')
+_NAMED_FIELD = re.compile(rb'"named":true')
+
+# (st_dev, st_ino, st_size, st_mtime_ns) -> the header of a block file: a
+# published block never changes (see _HEADERS).
+_BLOCK_HEADERS: dict[tuple[int, int, int, int], BlockHeader] = {}
+
+
 def read_block_header(fd: int, st: os.stat_result, path: str, key: str) -> BlockHeader:
     """The header of the open segment *fd*, checked without building the pydantic model.
 
     Mapping a cached block must cost microseconds: this checks the magic,
-    the header's CRC-32 (so its text is what the loader wrote), its key,
-    and that the file holds exactly ``data_offset + nbytes`` bytes, and
-    reads the few fields a block is matched by with ``json.loads``.  The
-    loader wrote the header from a validated :class:`SegmentHeader`, and the
-    checksum says it is unchanged since.
+    the header's CRC-32 (so its text is what the loader wrote from a
+    validated :class:`SegmentHeader`), its key, and that the file holds
+    exactly ``data_offset + nbytes`` bytes, and reads the few fields a block
+    is matched by.  Remembered per file and process, as :func:`read_header`.
 
     :raises SegmentError: any check fails, or the text is not such a header.
     """
+    memo = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    header = _BLOCK_HEADERS.get(memo)
+    if header is None:
+        header = _parse_block_header(fd, st, path)
+        if len(_BLOCK_HEADERS) >= 65536:
+            _BLOCK_HEADERS.clear()
+        _BLOCK_HEADERS[memo] = header
+    if header.key != key:
+        raise SegmentError(f"{path} holds the segment of key {header.key}, not {key}")
+    return header
+
+
+def _parse_block_header(fd: int, st: os.stat_result, path: str) -> BlockHeader:
     first = os.pread(fd, _FIRST_READ, 0)
     if len(first) < _PREFIX.size or first[:8] != MAGIC:
         raise SegmentError(f"{path} is not a shmstore segment")
@@ -510,21 +544,21 @@ def read_block_header(fd: int, st: os.stat_result, path: str, key: str) -> Block
     (checksum,) = _CHECKSUM.unpack_from(first, 12)
     if checksum != zlib.crc32(text):
         raise SegmentError(f"{path} is damaged: its header's checksum does not match its text")
-    try:
-        fields = json.loads(text)
-        source = fields["source"]
-        header = BlockHeader(
-            data_offset=int(fields["data_offset"]),
-            nbytes=int(fields["nbytes"]),
-            generation=source.get("generation"),
-            block=tuple(source["block"]) if source.get("block") is not None else None,
-            named=bool(fields.get("named", False)),
-        )
-        found_key = fields["key"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise SegmentError(f"{path} has an invalid header: {err}") from err
-    if found_key != key:
-        raise SegmentError(f"{path} holds the segment of key {found_key}, not {key}")
+    key = _KEY_FIELD.search(text)
+    offset = _OFFSET_FIELD.search(text)
+    nbytes = _NBYTES_FIELD.search(text)
+    if key is None or offset is None or nbytes is None:
+        raise SegmentError(f"{path} has an invalid header: no key, data_offset or nbytes")
+    generation = _GENERATION_FIELD.search(text)
+    block = _BLOCK_FIELD.search(text)
+    header = BlockHeader(
+        key=key.group(1).decode(),
+        data_offset=int(offset.group(1)),
+        nbytes=int(nbytes.group(1)),
+        generation=generation.group(1).decode() if generation is not None else None,
+        block=(int(block.group(1)), int(block.group(2))) if block is not None else None,
+        named=_NAMED_FIELD.search(text) is not None,
+    )
     if header.data_offset % PAGE or header.data_offset < end:
         raise SegmentError(f"{path} is damaged: data offset {header.data_offset}")
     if st.st_size != header.data_offset + header.nbytes:
@@ -538,6 +572,7 @@ def read_block_header(fd: int, st: os.stat_result, path: str, key: str) -> Block
 def forget_headers() -> None:
     """Forget every remembered header (the next attach of each parses it again)."""
     _HEADERS.clear()
+    _BLOCK_HEADERS.clear()
 
 
 def try_lock_exclusive(fd: int) -> bool:

@@ -30,16 +30,15 @@ import math
 import os
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._cache import Block, Cache, parse_budget
-from ._fill import FileFill
+from ._cache import Block, BlockFill, Cache, parse_budget
 from ._region import memory_of
 from ._segment import FORMAT, PAGE, FileIdentity, SegmentSource
-from ._written import Stat, stat_of
+from ._written import Stat
 from .errors import ArgumentError
 
 __all__ = [
@@ -60,8 +59,9 @@ ENV_BLOCK = "SHMSTORE_BLOCK"
 DEFAULT_BLOCK = 64 << 20
 """Bytes per block unless ``SHMSTORE_BLOCK`` says otherwise (see ``docs/design.md``)."""
 _UNALIGNED_LIMIT = 4  # a chunk-aligned block may be this many times the target, no more
+_PLANS = 256  # row ranges remembered per description
 
-Fill = Callable[[np.ndarray[Any, Any]], object] | FileFill
+Fill = BlockFill
 
 
 @functools.lru_cache(maxsize=16)
@@ -126,6 +126,18 @@ class Described:
     dtype: np.dtype[Any]
     shape: tuple[int, ...]
     block: int
+    # The blocks of row ranges asked for (see _plan): a cache, not part of what it is.
+    plans: dict[tuple[int, int], _Plan] = field(
+        default_factory=dict, compare=False, repr=False, hash=False
+    )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["plans"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     @classmethod
     def of(
@@ -148,12 +160,12 @@ class Described:
             generation = "f" + hashlib.sha256(text.encode()).hexdigest()[:16]
         return cls(path, dataset, files, stats, generation, trusted, version, dtype, shape, block)
 
-    @property
+    @functools.cached_property
     def prefix(self) -> str:
         """The first 16 hex digits of the keys of every block of this dataset."""
         return _prefix(self.path, self.dataset)
 
-    @property
+    @functools.cached_property
     def row_nbytes(self) -> int:
         """Bytes per row."""
         return math.prod(self.shape[1:]) * self.dtype.itemsize
@@ -166,9 +178,13 @@ class Described:
     def current(self) -> bool:
         """True while every file still has the identity seen (one ``stat`` each)."""
         try:
-            return all(stat_of(f) == seen for f, seen in zip(self.files, self.stats, strict=True))
+            for path, seen in zip(self.files, self.stats, strict=True):
+                st = os.stat(path)
+                if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != seen:
+                    return False
         except OSError:
             return False
+        return True
 
     def span(self, index: int) -> tuple[int, int]:
         """Bytes ``[lo, hi)`` of the dataset that block *index* holds."""
@@ -214,7 +230,7 @@ class Described:
 
 # (cache directory, block keys) -> this process's region mapping them (weakly:
 # the arrays keep it alive).  A second view of the same blocks reuses it.
-_REGIONS: dict[tuple[str, tuple[str, ...]], weakref.ReferenceType[Any]] = {}
+_REGIONS: dict[tuple[str, ...], weakref.ReferenceType[Any]] = {}
 
 
 def _forget_regions_after_fork() -> None:
@@ -226,12 +242,23 @@ def _forget_regions_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_regions_after_fork)
 
 
-def _remember(slot: tuple[str, tuple[str, ...]], target: object) -> None:
+def _remember(slot: tuple[str, ...], target: object) -> None:
     def forget(ref: weakref.ReferenceType[Any]) -> None:
         if _REGIONS.get(slot) is ref:
             _REGIONS.pop(slot, None)
 
     _REGIONS[slot] = weakref.ref(target, forget)
+
+
+def _after_unmap(cache: Cache, described: Described, keys: tuple[str, ...]) -> None:
+    """Once this process unmaps blocks: remove them if retired and no process maps them.
+
+    Only when this process has seen the dataset change since (its blocks
+    were then retired, see :func:`drop_stale`): a look at the directory on
+    every unmap would cost each view a system call per block.
+    """
+    if _SEEN.get((described.path, described.dataset)) != (described.generation, described.nbytes):
+        cache.remove_retired(keys)
 
 
 def _empty(described: Described, rows: int) -> np.ndarray[Any, Any]:
@@ -240,14 +267,48 @@ def _empty(described: Described, rows: int) -> np.ndarray[Any, Any]:
     return array
 
 
+class _Plan(NamedTuple):
+    """Rows ``[start, stop)`` of a dataset as blocks: what every view of them computes."""
+
+    slot: tuple[str, ...]  # the blocks' keys
+    blocks: tuple[Block, ...]
+    offset: int  # bytes from the first block's start to row *start*
+    items: int  # items of the dtype
+    shape: tuple[int, ...]
+
+
+def _plan(described: Described, start: int, stop: int) -> _Plan:
+    """The blocks of rows ``[start, stop)`` (some), remembered per description."""
+    plans = described.plans
+    plan = plans.get((start, stop))
+    if plan is not None:
+        return plan
+    row, size = described.row_nbytes, described.block
+    lo, hi = start * row, stop * row
+    first, last = lo // size, -(-hi // size)
+    prefix, generation = described.prefix, described.generation
+    blocks = tuple(
+        Block(_key(prefix, generation, size, *described.span(i)), generation, described.span(i), i)
+        for i in range(first, last)
+    )
+    plan = _Plan(
+        slot=tuple(b.key for b in blocks),
+        blocks=blocks,
+        offset=lo - first * size,
+        items=(stop - start) * (row // described.dtype.itemsize),
+        shape=(stop - start, *described.shape[1:]),
+    )
+    if len(plans) >= _PLANS:
+        plans.clear()
+    plans[(start, stop)] = plan
+    return plan
+
+
 def block_keys(described: Described, start: int, stop: int) -> tuple[str, ...]:
     """The keys of the blocks holding rows ``[start, stop)`` (none for no bytes)."""
-    row, size = described.row_nbytes, described.block
-    if stop <= start or row == 0:
+    if stop <= start or described.row_nbytes == 0:
         return ()
-    first, last = start * row // size, -(-stop * row // size)
-    prefix, generation = described.prefix, described.generation
-    return tuple(_key(prefix, generation, size, *described.span(i)) for i in range(first, last))
+    return _plan(described, start, stop).slot
 
 
 def view_rows(
@@ -267,44 +328,29 @@ def view_rows(
         holds, and returns ``None`` when a block is missing.
     :raises CacheFullError, LockTimeoutError, SegmentError: as :meth:`Cache.map_blocks`.
     """
-    row = described.row_nbytes
-    if stop <= start or row == 0:
+    if stop <= start or described.row_nbytes == 0:
         return _empty(described, max(stop - start, 0))
-    size = described.block
-    lo, hi = start * row, stop * row
-    first, last = lo // size, -(-hi // size)
-    generation = described.generation
-    keys = block_keys(described, start, stop)
-    slot = (str(cache.directory), keys)
+    plan = _plan(described, start, stop)
+    slot = (cache.prefix, *plan.slot)
     ref = _REGIONS.get(slot)
     target = ref() if ref is not None else None
     if target is None:
-        blocks = [
-            Block(
-                key=key,
-                generation=generation,
-                span=described.span(i),
-                source=functools.partial(described.source, i),
-                fill=functools.partial(_no_fill, described)
-                if fill is None
-                else functools.partial(fill, *described.span(i)),
-            )
-            for key, i in zip(keys, range(first, last), strict=True)
-        ]
-        region = cache.map_blocks(blocks, load=fill is not None, timeout=timeout, on_load=on_load)
+        region = cache.map_blocks(
+            plan.blocks,
+            source=lambda block: described.source(block.number),
+            fill=None if fill is None else lambda block: fill(*block.span),
+            timeout=timeout,
+            on_load=on_load,
+        )
         if region is None:
             return None
         target = region.target
         _remember(slot, target)
-    count = (stop - start) * (row // described.dtype.itemsize)
+        region.on_release(functools.partial(_after_unmap, cache, described, plan.slot))
     flat = np.frombuffer(
-        memory_of(target), dtype=described.dtype, count=count, offset=lo - first * size
+        memory_of(target), dtype=described.dtype, count=plan.items, offset=plan.offset
     )
-    return flat.reshape((stop - start, *described.shape[1:]))
-
-
-def _no_fill(described: Described) -> Fill:
-    raise ArgumentError(f"{described.path}:{described.dataset}: a lookup never loads")
+    return flat.reshape(plan.shape)
 
 
 # (file, dataset) -> (generation, bytes) this process last described: a new
