@@ -232,7 +232,7 @@ def test_put_of_a_missing_source_is_one_line_and_exit_1(tmp_path: Path) -> None:
 # -- gc, evict, ls ----------------------------------------------------------------------
 
 
-def test_gc_retires_an_old_generation_a_process_maps_and_it_goes_once_unmapped(
+def test_gc_retires_an_old_generation_a_process_maps_and_removes_it_once_unmapped(
     store_file: Path, cache_dir: Path
 ) -> None:
     cache = shmstore.Cache(cache_dir)
@@ -249,8 +249,8 @@ def test_gc_retires_an_old_generation_a_process_maps_and_it_goes_once_unmapped(
     assert (cache_dir / f"{key}.stale").exists()
     assert float(held[1, 0]) == 3.0  # untouched
     del held, arr
-    gc.collect()  # the last mapping goes, and with it the retired block
-    assert not (cache_dir / f"{key}.stale").exists()
+    gc.collect()  # the last mapping goes: the retired block is garbage now
+    assert run_json("gc", cache_dir=cache_dir)["removed"] == [f"{key}.stale"]
     assert cache.entries() == []
 
 

@@ -1154,8 +1154,12 @@ class Cache:
             "another process evicts and reloads it in a loop"
         )
 
-    def drop_blocks(self, prefix: str, stale: Callable[[SegmentSource], bool]) -> list[str]:
-        """Retire the blocks whose key starts with *prefix* and whose source is *stale*.
+    def drop_blocks(
+        self, prefix: str, stale: Callable[[str | None, tuple[int, int]], bool]
+    ) -> list[str]:
+        """Retire the blocks whose key starts with *prefix* and that are *stale*.
+
+        *stale* is asked with each block's generation and bytes ``(lo, hi)``.
 
         For blocks of an old generation or an old tail, which no view asks
         for again: each is renamed ``<key>.stale`` at once and removed if no
@@ -1177,12 +1181,12 @@ class Cache:
             except (FileNotFoundError, SegmentError):
                 continue
             try:
-                header = read_header(fd, st, f.path, f.key)
+                header = read_block_header(fd, st, f.path, f.key)
             except SegmentError:
                 continue
             finally:
                 os.close(fd)
-            if header.named or header.source.block is None or not stale(header.source):
+            if header.named or header.block is None or not stale(header.generation, header.block):
                 continue
             retired = f"{self._prefix}{f.key}{_STALE_SUFFIX}"
             try:
@@ -1191,10 +1195,11 @@ class Cache:
                 continue
             outcome, _ = _remove_unused(retired)
             _log.info(
-                "%s stale block %s (%s)",
+                "%s stale block %s (bytes %d:%d of generation %s)",
                 "removed" if outcome is _Removal.REMOVED else "retired (in use)",
                 f.key,
-                header.source.describe(),
+                *header.block,
+                header.generation,
             )
             removed.append(f.key)
         return removed
@@ -1504,14 +1509,15 @@ class Cache:
             os.close(fd)
         if header.named:
             return f"the named array {header.source.dataset!r}, which no process maps"
-        # A block stays valid while its files are the same files (appends grow
-        # them); a change of its dataset retires it when next described.
+        # A block stays valid while its files are the same files, no shorter
+        # (appends grow them); a change of its dataset retires it when next
+        # described.
         block = header.source.block is not None
         if block and not Path(header.source.path).exists():
             return f"stale: {header.source.path} is gone"
         for identity in header.source.identity:
             try:
-                if not (identity.same_file() if block else identity.is_current()):
+                if not (identity.may_still_hold() if block else identity.is_current()):
                     return f"stale: {identity.path} changed or is gone"
             except OSError as err:
                 _log.info("gc kept %s: cannot check its source %s (%s)", f.name, identity.path, err)

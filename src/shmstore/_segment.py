@@ -138,13 +138,18 @@ class FileIdentity(BaseModel):
             mtime_ns=st.st_mtime_ns,
         )
 
-    def same_file(self) -> bool:
-        """True if :attr:`path` is still this file (device, inode), whatever its size or mtime."""
+    def may_still_hold(self) -> bool:
+        """True if :attr:`path` is still this file (device, inode) and no shorter.
+
+        A block stays valid across appends, which only grow a file; a file
+        that shrank was truncated or rewritten by something else, so what was
+        loaded from it may be gone.
+        """
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             return False
-        return (st.st_dev, st.st_ino) == (self.dev, self.ino)
+        return (st.st_dev, st.st_ino) == (self.dev, self.ino) and st.st_size >= self.size
 
     def is_current(self) -> bool:
         """True if the file at :attr:`path` still has this identity (False if it is gone)."""

@@ -211,18 +211,17 @@ class Described:
             block=(lo, hi),
         )
 
-    def is_stale(self, source: SegmentSource) -> bool:
-        """True for a block of this dataset that no view will ask for again.
+    def is_stale(self, generation: str | None, span: tuple[int, int]) -> bool:
+        """True for a block of this dataset (of *generation*, bytes *span*) no view asks for again.
 
         Of another generation, or an old last block (a tail an append has
-        grown since); blocks made with another block size are left alone
-        (another process may use that size).
+        grown since).  Blocks that cannot be of this block size are left
+        alone (another process may use another size; one whose blocks look
+        like old tails of this size is taken for them: reloaded, never stale).
         """
-        if source.block is None:
-            return False
-        if source.generation != self.generation:
+        if generation != self.generation:
             return True
-        lo, hi = source.block
+        lo, hi = span
         if lo % self.block or (hi - lo) > self.block:
             return False
         return hi != min(lo + self.block, self.nbytes)
@@ -369,7 +368,7 @@ def note(described: Described) -> bool:
 
 def retire_dataset(cache: Cache, path: str, dataset: str) -> list[str]:
     """Retire every block of *dataset* of the file *path* (it was deleted)."""
-    return cache.drop_blocks(_prefix(path, dataset), lambda source: True)
+    return cache.drop_blocks(_prefix(path, dataset), lambda generation, span: True)
 
 
 def drop_stale(cache: Cache, described: Described) -> list[str]:
