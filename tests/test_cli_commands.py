@@ -254,6 +254,25 @@ def test_gc_retires_an_old_generation_a_process_maps_and_removes_it_once_unmappe
     assert cache.entries() == []
 
 
+def test_gc_keeps_a_block_whose_file_grew_by_an_append_to_another_dataset(
+    store_file: Path, cache_dir: Path
+) -> None:
+    cache = shmstore.Cache(cache_dir)
+    with shmstore.open(store_file, cache=cache) as store:
+        handle = store.handle("activations")
+        handle.pin()
+        (key,) = handle.keys
+    with shmstore.open(store_file, "a") as store:
+        store.append("log", np.ones((5, 2)))  # the HDF5 file grows and changes its mtime
+    report = run_json("gc", cache_dir=cache_dir)
+    assert key not in report["removed"]
+    assert report["kept"][key] == "in use: a process maps it"  # not "its file changed"
+    handle.unpin()
+    report = run_json("gc", cache_dir=cache_dir)
+    assert report["kept"][key].startswith("current")  # its dataset is unchanged
+    assert [e.key for e in cache.entries()] == [key]
+
+
 def test_evict_of_a_key_not_cached_succeeds_and_says_so(cache_dir: Path) -> None:
     key = "0" * 32
     report = run_json("evict", key, cache_dir=cache_dir)

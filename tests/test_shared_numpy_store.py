@@ -101,6 +101,44 @@ def test_append_save_after_save_then_load_gives_all_rows_in_every_mode(
     np.testing.assert_array_equal(_load(store, "x", mode, rows), data[rows[0] : rows[1]])
 
 
+def _block_inodes(cache: shmstore.Cache) -> dict[str, int]:
+    return {p.name: p.stat().st_ino for p in cache.directory.glob("*.seg")}
+
+
+def test_rows_loaded_before_an_append_save_stay_shared_after_it(
+    store: sns.SharedNumpyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHMSTORE_BLOCK", "4K")  # 4,096-byte blocks: ~170 rows of 24 bytes
+    data = np.arange(3000, dtype=np.float64).reshape(1000, 3)
+    store.save(data, "x")
+    loaded = store.load("x", "shared_memory", 0, 600, allow_create_shm=True)
+    before = _block_inodes(store.cache)
+    assert len(before) == 4  # bytes [0, 14400) of the rows: blocks 0-3
+    del loaded
+    store.append_save(data[:50] + 1e6, "x")
+    # No load allowed, yet the rows are there: the blocks survived the append.
+    again = store.load("x", "shared_memory", 0, 600, allow_create_shm=False)
+    np.testing.assert_array_equal(again, data[:600])
+    assert _block_inodes(store.cache) == before
+
+
+def test_an_append_save_reloads_only_the_tail_block_of_the_whole_array(
+    store: sns.SharedNumpyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHMSTORE_BLOCK", "4K")
+    data = np.arange(3000, dtype=np.float64).reshape(1000, 3)  # 24,000 bytes: 6 blocks
+    store.save(data, "x")
+    store.load("x", "shared_memory", allow_create_shm=True)
+    before = _block_inodes(store.cache)
+    store.append_save(data[:10], "x")  # 240 bytes: the 6th block grows, still under 4 KiB
+    whole = store.load("x", "shared_memory", allow_create_shm=True)
+    np.testing.assert_array_equal(whole, np.concatenate([data, data[:10]]))
+    after = _block_inodes(store.cache)
+    kept = set(before.items()) & set(after.items())
+    assert len(kept) == 5  # the five full blocks, same files
+    assert len(after) == 6  # and a new tail: the old one was retired, unmapped
+
+
 @given(
     shape=st.lists(st.integers(0, 5), min_size=1, max_size=3),
     dtype=st.sampled_from(["u1", "<i2", ">f4", "c8", "?", "S2", "i4,f2"]),

@@ -174,9 +174,12 @@ def _collected() -> Iterator[list[str]]:
 
 
 def _why_kept(cache: Cache, entry: CacheEntry) -> str:
-    """Why ``gc`` left the slice *entry*: it is current, or a process maps it."""
+    """Why ``gc`` left *entry*: it is current, or a process maps it."""
     try:
-        stale = not all(i.is_current() for i in cache.header(entry.key).source.identity)
+        source = cache.header(entry.key).source
+        # A block outlives appends (they only grow its files); a whole slice does not.
+        block = source.block is not None
+        stale = not all(i.may_still_hold() if block else i.is_current() for i in source.identity)
     except (OSError, SegmentError):
         stale = False
     if entry.stale:
@@ -192,7 +195,7 @@ def _why_kept(cache: Cache, entry: CacheEntry) -> str:
         if stale:
             return "in use: its file changed, but a process maps it; gc removes it once unmapped"
         return "in use: a process maps it"
-    return "current: its file is unchanged (evict it to free the space)"
+    return "current: the rows it holds are unchanged (evict it to free the space)"
 
 
 def _retire_old_generations(cache: Cache) -> None:
