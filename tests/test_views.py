@@ -307,3 +307,31 @@ def test_a_loader_private_memory_stays_small_next_to_a_256_mib_slice(
         )
     assert nbytes == 256 * 1024 * 1024
     assert growth < nbytes // 8, f"the loader's private memory grew by {growth} bytes"
+
+
+def test_a_repeated_view_is_a_new_array_on_the_same_pages(
+    store_path: Path, cache: shmstore.Cache, data: np.ndarray
+) -> None:
+    with shmstore.open(store_path, cache=cache) as store:
+        handle = store.handle("contiguous", (10, 20))
+    with handle.view("shared") as first:
+        kept = first
+    with handle.view("shared") as second:
+        assert second is not kept
+        assert np.shares_memory(second, kept)
+        second.shape = (60,)  # reshaping one caller's array leaves the other's alone
+    assert kept.shape == (10, 6)
+    np.testing.assert_array_equal(kept, data[10:20])
+    assert not kept.flags.writeable
+
+
+def test_a_views_with_block_gives_the_array_and_lets_it_go_after(
+    store_path: Path, cache: shmstore.Cache
+) -> None:
+    with shmstore.open(store_path, cache=cache) as store:
+        context = store.handle("contiguous").view("shared")
+    with context as array:
+        assert array.shape == (2_000, 6)
+    del array
+    with pytest.raises(RuntimeError, match="entered once"), context:
+        pass

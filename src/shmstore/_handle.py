@@ -12,15 +12,15 @@ one: a handle never serves an old generation.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._cache import Cache
-from ._sharing import Described, block_keys, view_rows
+from ._sharing import Described, adopt_plan, block_keys, carried_plan, view_rows
+from ._within import Within
 from .errors import RowsError, StoreNotFoundError
 
 if TYPE_CHECKING:
@@ -159,7 +159,16 @@ class Handle:
         state = dict(self.__dict__)
         state["_pinned"] = None  # a mapping belongs to one process
         state["_cache"] = None  # so does the cache: another node's may be elsewhere
+        # The keys of the rows' blocks, so that the worker's first view need
+        # not compute them (a few hundred bytes, for a few blocks only).
+        state["_plan"] = carried_plan(self._described, *self._rows)
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        plan = state.pop("_plan", None)
+        self.__dict__.update(state)
+        if plan is not None:
+            adopt_plan(self._described, *self._rows, plan)
 
     def is_current(self) -> bool:
         """True while every file of the slice is as the handle saw it (one ``stat`` each).
@@ -214,8 +223,7 @@ class Handle:
                 self._pinned = array
         return array
 
-    @contextmanager
-    def view(self, mode: ViewMode = "auto") -> Iterator[np.ndarray[Any, Any]]:
+    def view(self, mode: ViewMode = "auto") -> AbstractContextManager[np.ndarray[Any, Any]]:
         """Map the node's copy of the rows (loading it once per node if absent).
 
         The array is read-only.  Modes are those of :meth:`Store.view`.
@@ -224,11 +232,7 @@ class Handle:
         :raises RowsError: the dataset shrank below this handle's rows.
         :raises CacheFullError: mode ``"shared"`` and no room in the cache.
         """
-        array = self._array(mode)
-        try:
-            yield array
-        finally:
-            del array
+        return Within(self._array(mode))
 
     def pin(self) -> np.ndarray[Any, Any]:
         """Keep one mapping of the slice for the life of this process (or :meth:`unpin`).

@@ -46,9 +46,11 @@ __all__ = [
     "ENV_BLOCK",
     "Described",
     "Fill",
+    "adopt_plan",
     "block_keys",
     "block_nbytes",
     "block_target",
+    "carried_plan",
     "drop_stale",
     "note",
     "retire_dataset",
@@ -92,6 +94,11 @@ def block_nbytes(row_nbytes: int, chunk_rows: int | None, target: int) -> int:
     if unit <= _UNALIGNED_LIMIT * target:
         return unit
     return target  # chunks this large and odd: some are decoded by two blocks
+
+
+# The first SHA-256 of a process costs ~50 µs (OpenSSL sets itself up): paid
+# here, at import, rather than by a worker's first view.
+hashlib.sha256(b"")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -232,21 +239,27 @@ class Described:
 _REGIONS: dict[tuple[str, ...], weakref.ReferenceType[Any]] = {}
 
 
+# (region's slot, byte offset, items) -> an array this process made on it: a
+# repeated view of the same rows is a view of that array (no buffer to make).
+_ARRAYS: dict[tuple[tuple[str, ...], int, int], weakref.ReferenceType[Any]] = {}
+
+
 def _forget_regions_after_fork() -> None:
     # A forked child inherits its parent's mappings, but their locks belong to
     # open file descriptions the parent shares: the child maps afresh.
     _REGIONS.clear()
+    _ARRAYS.clear()
 
 
 os.register_at_fork(after_in_child=_forget_regions_after_fork)
 
 
-def _remember(slot: tuple[str, ...], target: object) -> None:
+def _remember(table: dict[Any, weakref.ReferenceType[Any]], slot: Any, target: object) -> None:
     def forget(ref: weakref.ReferenceType[Any]) -> None:
-        if _REGIONS.get(slot) is ref:
-            _REGIONS.pop(slot, None)
+        if table.get(slot) is ref:
+            table.pop(slot, None)
 
-    _REGIONS[slot] = weakref.ref(target, forget)
+    table[slot] = weakref.ref(target, forget)
 
 
 def _after_unmap(cache: Cache, described: Described, keys: tuple[str, ...]) -> None:
@@ -303,6 +316,26 @@ def _plan(described: Described, start: int, stop: int) -> _Plan:
     return plan
 
 
+_CARRIED_BLOCKS = 4  # a handle carries its rows' keys when they are this few blocks
+
+
+def carried_plan(described: Described, start: int, stop: int) -> _Plan | None:
+    """The blocks of rows ``[start, stop)`` for a handle to carry to a worker, if few.
+
+    A worker's first view then computes no key: a process's first SHA-256
+    costs tens of µs, several times a cached view's whole cost.
+    """
+    if stop <= start or described.row_nbytes == 0:
+        return None
+    plan = _plan(described, start, stop)
+    return plan if len(plan.blocks) <= _CARRIED_BLOCKS else None
+
+
+def adopt_plan(described: Described, start: int, stop: int, plan: _Plan) -> None:
+    """Remember *plan* (from :func:`carried_plan`) as the blocks of rows ``[start, stop)``."""
+    described.plans[(start, stop)] = plan
+
+
 def block_keys(described: Described, start: int, stop: int) -> tuple[str, ...]:
     """The keys of the blocks holding rows ``[start, stop)`` (none for no bytes)."""
     if stop <= start or described.row_nbytes == 0:
@@ -331,25 +364,32 @@ def view_rows(
         return _empty(described, max(stop - start, 0))
     plan = _plan(described, start, stop)
     slot = (cache.prefix, *plan.slot)
-    ref = _REGIONS.get(slot)
-    target = ref() if ref is not None else None
-    if target is None:
-        region = cache.map_blocks(
-            plan.blocks,
-            source=lambda block: described.source(block.number),
-            fill=None if fill is None else lambda block: fill(*block.span),
-            timeout=timeout,
-            on_load=on_load,
+    made = _ARRAYS.get((slot, plan.offset, plan.items))
+    array: np.ndarray[Any, Any] | None = made() if made is not None else None
+    if array is None:
+        ref = _REGIONS.get(slot)
+        target = ref() if ref is not None else None
+        if target is None:
+            region = cache.map_blocks(
+                plan.blocks,
+                source=lambda block: described.source(block.number),
+                fill=None if fill is None else lambda block: fill(*block.span),
+                timeout=timeout,
+                on_load=on_load,
+            )
+            if region is None:
+                return None
+            target = region.target
+            _remember(_REGIONS, slot, target)
+            region.on_release(functools.partial(_after_unmap, cache, described, plan.slot))
+        flat = np.frombuffer(
+            memory_of(target), dtype=described.dtype, count=plan.items, offset=plan.offset
         )
-        if region is None:
-            return None
-        target = region.target
-        _remember(slot, target)
-        region.on_release(functools.partial(_after_unmap, cache, described, plan.slot))
-    flat = np.frombuffer(
-        memory_of(target), dtype=described.dtype, count=plan.items, offset=plan.offset
-    )
-    return flat.reshape(plan.shape)
+        array = flat.reshape(plan.shape)
+        _remember(_ARRAYS, (slot, plan.offset, plan.items), array)
+    # Each caller its own ndarray (it may reshape it), on the same pages.
+    mine: np.ndarray[Any, Any] = array.view()
+    return mine
 
 
 # (file, dataset) -> (generation, bytes) this process last described: a new

@@ -32,7 +32,7 @@ import secrets
 import time
 import weakref
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -50,6 +50,7 @@ from ._memmap import check_external, map_rows, source_block
 from ._reconcile import check_record
 from ._rows import resolve_rows
 from ._store_lock import StoreLock
+from ._within import Within
 from ._written import Stat, stat_of
 from .errors import (
     ArgumentError,
@@ -835,10 +836,9 @@ class Store:
             array.flags.writeable = False
             return array, None
 
-    @contextmanager
     def view(
         self, name: str, rows: object = None, mode: ViewMode = "auto"
-    ) -> Iterator[np.ndarray[Any, Any]]:
+    ) -> AbstractContextManager[np.ndarray[Any, Any]]:
         """A read-only array of rows *rows* of dataset *name*, for the ``with`` block.
 
         * ``"shared"``: the node's single copy in shared memory, loaded once
@@ -855,11 +855,7 @@ class Store:
         :raises NotContiguousError: mode ``"memmap"`` on a chunked dataset.
         :raises ArrayNotFoundError, RowsError, UnsupportedDtypeError: as :meth:`read`.
         """
-        array, _ = self._view_array(name, rows, mode)
-        try:
-            yield array
-        finally:
-            del array
+        return Within(self._view_array(name, rows, mode)[0])
 
     def handle(self, name: str, rows: object = None) -> Handle:
         """A small picklable reference to rows *rows* of *name*, for worker processes.
