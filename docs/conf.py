@@ -73,6 +73,8 @@ _PREFIXES = {"np.": "numpy.", "da.": "dask.array."}
 
 def _public_name(target):
     """The documented name *target* stands for, or None."""
+    if target == "AbstractContextManager":  # what a view returns, named as imported
+        return "contextlib.AbstractContextManager"
     for prefix, public in _PREFIXES.items():
         if target.startswith(prefix):
             return public + target[len(prefix) :]

@@ -71,6 +71,7 @@ WANTED = {
         "py:class pathlib.Path",
         "py:class os.PathLike",
         "py:class collections.abc.Iterator",
+        "py:class contextlib.AbstractContextManager",
         "py:class collections.abc.Iterable",
         "py:class collections.abc.Callable",
         "py:class collections.abc.Sequence",
