@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -276,3 +277,28 @@ def test_readers_share_the_store(path: Path) -> None:
         store.write("x", DATA)
     with shmstore.open(path) as first, shmstore.open(path, lock_timeout=1) as second:
         np.testing.assert_array_equal(first.read("x"), second.read("x"))
+
+
+def test_opening_a_store_this_thread_holds_for_writing_fails_at_once(path: Path) -> None:
+    with shmstore.open(path, "w") as writer:
+        writer.write("x", np.arange(3))
+        handle = writer.handle("x")
+        started = time.monotonic()
+        with pytest.raises(shmstore.LockTimeoutError, match="in this thread already"):
+            shmstore.open(path, "r", lock_timeout=30)
+        with pytest.raises(shmstore.LockTimeoutError, match="in this thread already"):
+            handle.view("shared")  # would open the store to load the rows
+        assert time.monotonic() - started < 5  # not the 30 s timeout
+    with handle.view("shared") as array:  # closed: the handle opens it
+        np.testing.assert_array_equal(array, np.arange(3))
+
+
+def test_writing_a_store_this_thread_reads_fails_at_once(path: Path) -> None:
+    with shmstore.open(path, "w") as writer:
+        writer.write("x", np.arange(3))
+    with shmstore.open(path) as reader, shmstore.open(path) as second:  # readers share it
+        assert reader.names() == second.names() == ["x"]
+        with pytest.raises(shmstore.LockTimeoutError, match="for reading in this thread"):
+            shmstore.open(path, "a", lock_timeout=30)
+    with shmstore.open(path, "a", lock_timeout=1):  # once closed, it opens
+        pass
