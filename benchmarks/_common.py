@@ -33,12 +33,22 @@ class Settings:
     stampede: int
     import_repeat: int
     metadata_datasets: int
+    block: str | None = None
+    """``SHMSTORE_BLOCK`` for the block items (5, 8, 9): the quick run's slices are small."""
 
 
 def settings(quick: bool, repeat: int | None) -> Settings:
     if quick:
         return Settings(
-            True, repeat or 3, {"1 MiB": MiB, "16 MiB": 16 * MiB}, 64 * MiB, (1, 2, 4), 4, 5, 1000
+            True,
+            repeat or 3,
+            {"1 MiB": MiB, "16 MiB": 16 * MiB, "160 MiB": 160 * MiB},
+            64 * MiB,
+            (1, 2, 4),
+            4,
+            5,
+            1000,
+            "8M",
         )
     return Settings(
         False,
@@ -99,6 +109,21 @@ def workspace(tag: str) -> Iterator[tuple[Path, Path]]:
     finally:
         shutil.rmtree(files, ignore_errors=True)
         shutil.rmtree(shm, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def block_size(size: str | None) -> Iterator[None]:
+    """``SHMSTORE_BLOCK`` set to *size* (``None``: the default) here and in processes started."""
+    saved = os.environ.get("SHMSTORE_BLOCK")
+    if size is not None:
+        os.environ["SHMSTORE_BLOCK"] = size
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("SHMSTORE_BLOCK", None)
+        else:
+            os.environ["SHMSTORE_BLOCK"] = saved
 
 
 def signal_like(nbytes: int, row_floats: int = 256) -> np.ndarray:

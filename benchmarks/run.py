@@ -23,6 +23,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from _blocks import BLOCK_SIZE_HEADER, appends, block_sizes, windows
 from _common import Results, Settings, settings
 from _imports import IMPORT_HEADER, imports
 from _metadata import METADATA_HEADER, metadata_scale
@@ -37,6 +38,9 @@ ITEMS: dict[str, tuple[str, Callable[[Settings, Results], None], str]] = {
     "5": ("Stampede on one uncached slice", stampede, ""),
     "6": ("Import time", imports, IMPORT_HEADER),
     "7": ("Metadata cost against the number of datasets", metadata_scale, METADATA_HEADER),
+    "8": ("Overlapping windows of one dataset", windows, ""),
+    "9": ("Appends: what is loaded again", appends, ""),
+    "10": ("Block size: cold load against a single row", block_sizes, BLOCK_SIZE_HEADER),
 }
 
 
