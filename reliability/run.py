@@ -34,6 +34,7 @@ PARTS: list[tuple[str, str]] = [
     ("_segments", "Fuzzed segments"),
     ("_cache_faults", "Faults in the cache"),
     ("_store_faults", "Faults in the store"),
+    ("_blocks", "Blocks"),
     ("_soak", "Soak"),
 ]
 

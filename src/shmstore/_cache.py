@@ -65,6 +65,7 @@ from ._segment import (
     PAGE,
     SEGMENT_SUFFIX,
     FileIdentity,
+    RefusedFileError,
     SegmentHeader,
     SegmentSource,
     check_key,
@@ -1016,7 +1017,15 @@ class Cache:
                 raise ArgumentError(f"block {b.key} of {b.nbytes} bytes is not whole pages")
             offsets.append(offsets[-1] + b.nbytes)
         region = Region(offsets[-1] + round_up(blocks[-1].nbytes), len(blocks))
-        missing = [i for i, b in enumerate(blocks) if not self._place_block(region, offsets[i], b)]
+        missing = []
+        for i, b in enumerate(blocks):
+            try:
+                if self._place_block(region, offsets[i], b):
+                    continue
+            except RefusedFileError as err:
+                # Never mapped; removed and loaded again under the block's claim.
+                _log.debug("%s", err)
+            missing.append(i)
         if not missing:
             return region
         if fill is None:
@@ -1100,9 +1109,29 @@ class Cache:
         fill: Callable[[Block], BlockFill],
         on_load: Callable[[Block], object] | None,
     ) -> None:
-        """Map *block* at *offset* of *region*, loading it first if absent (under its claim)."""
-        if self._place_block(region, offset, block):
-            return
+        """Map *block* at *offset* of *region*, loading it first if absent (under its claim).
+
+        A refused file at the block's name (damaged, planted, wrongly sized)
+        is removed first: under the claim no other process publishes this
+        block, so the file removed is the one found refused.
+
+        :raises SegmentError: a refused file that cannot be removed, named.
+        """
+        try:
+            if self._place_block(region, offset, block):
+                return
+        except RefusedFileError as err:
+            path = self._segment_path(block.key)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as gone:
+                raise SegmentError(
+                    f"{err}; it cannot be removed ({gone.strerror or gone}): remove {path} "
+                    "by hand, and the rows are loaded again"
+                ) from gone
+            _log.warning("%s; removed it, loading its rows again", err)
         if on_load is not None:
             on_load(block)
         header = new_header(block.key, source(block), _BYTES, (block.nbytes,))
@@ -1134,7 +1163,7 @@ class Cache:
                     or header.generation != block.generation
                     or header.block != block.span
                 ):
-                    raise SegmentError(
+                    raise RefusedFileError(
                         f"{path} holds {header.nbytes} bytes of another source than the block "
                         f"{block.key} (bytes {block.span[0]}:{block.span[1]} of generation "
                         f"{block.generation}) its name stands for; it is never mapped: remove it "

@@ -66,6 +66,7 @@ __all__ = [
     "SEGMENT_SUFFIX",
     "BlockHeader",
     "FileIdentity",
+    "RefusedFileError",
     "SegmentHeader",
     "SegmentSource",
     "check_key",
@@ -102,6 +103,14 @@ _FIRST_READ = 4096  # bytes read at once on attach: prefix and header in one pre
 _OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 # Written into a header only when set, so that copies keep the header they always had.
 _NAMED_FIELDS = frozenset({"named", "writable"})
+
+
+class RefusedFileError(SegmentError):
+    """A file at a cache name is not what the name stands for: damaged, planted or unsafe.
+
+    It is never mapped.  Under the key's load lock it may be removed and
+    the rows loaded again: nothing valid is lost.
+    """
 
 
 class FileIdentity(BaseModel):
@@ -391,7 +400,7 @@ def open_segment(
             fd = os.open(path.rpartition(os.sep)[2], flags | os.O_NOFOLLOW, dir_fd=dir_fd)
     except OSError as err:
         if err.errno == errno.ELOOP:
-            raise SegmentError(
+            raise RefusedFileError(
                 f"refusing cache file {path}: it is a symbolic link; cache files never are "
                 "(Cache.gc() removes it)"
             ) from err
@@ -419,7 +428,7 @@ def open_segment(
         problem = f"has mode {stat.S_IMODE(st.st_mode):o}, open to group or others (want 600)"
     if problem is not None:
         os.close(fd)
-        raise SegmentError(f"refusing cache file {path}: it {problem}; it is never mapped")
+        raise RefusedFileError(f"refusing cache file {path}: it {problem}; it is never mapped")
     return fd, st
 
 
@@ -447,19 +456,19 @@ def read_header(fd: int, st: os.stat_result, path: str, key: str) -> SegmentHead
             _HEADERS.clear()
         _HEADERS[memo] = header
     if header.key != key:
-        raise SegmentError(f"{path} holds the segment of key {header.key}, not {key}")
+        raise RefusedFileError(f"{path} holds the segment of key {header.key}, not {key}")
     return header
 
 
 def _parse_header(fd: int, st: os.stat_result, path: str) -> SegmentHeader:
     first = os.pread(fd, _FIRST_READ, 0)
     if len(first) < _PREFIX.size:
-        raise SegmentError(f"{path} is not a shmstore segment: only {st.st_size} bytes")
+        raise RefusedFileError(f"{path} is not a shmstore segment: only {st.st_size} bytes")
     magic, length = _PREFIX.unpack_from(first)
     if magic != MAGIC:
-        raise SegmentError(f"{path} is not a shmstore segment: magic {magic!r}, not {MAGIC!r}")
+        raise RefusedFileError(f"{path} is not a shmstore segment: magic {magic!r}, not {MAGIC!r}")
     if length > _MAX_HEADER:
-        raise SegmentError(f"{path} is damaged: header length {length} bytes")
+        raise RefusedFileError(f"{path} is damaged: header length {length} bytes")
     end = _PREFIX.size + length
     text = first[_PREFIX.size : end]
     if len(first) < end:
@@ -467,19 +476,19 @@ def _parse_header(fd: int, st: os.stat_result, path: str) -> SegmentHeader:
     try:
         header = SegmentHeader.model_validate_json(text)
     except ValidationError as err:
-        raise SegmentError(f"{path} has an invalid header: {err}") from err
+        raise RefusedFileError(f"{path} has an invalid header: {err}") from err
     # A flipped byte may leave valid JSON that says something else (another
     # byte order, another source): the checksum tells.
     (checksum,) = _CHECKSUM.unpack_from(first, 12)
     if checksum and checksum != zlib.crc32(text):
-        raise SegmentError(
+        raise RefusedFileError(
             f"{path} is damaged: its header's checksum is {checksum:08x}, its text's "
             f"{zlib.crc32(text):08x}"
         )
     if header.data_offset < end:
-        raise SegmentError(f"{path} is damaged: its data offset lies inside its header")
+        raise RefusedFileError(f"{path} is damaged: its data offset lies inside its header")
     if st.st_size != header.file_size:
-        raise SegmentError(
+        raise RefusedFileError(
             f"{path} is damaged: it holds {st.st_size} bytes, its header says "
             f"{header.file_size} ({header.data_offset} of header, {header.nbytes} of data)"
         )
@@ -531,29 +540,29 @@ def read_block_header(fd: int, st: os.stat_result, path: str, key: str) -> Block
             _BLOCK_HEADERS.clear()
         _BLOCK_HEADERS[memo] = header
     if header.key != key:
-        raise SegmentError(f"{path} holds the segment of key {header.key}, not {key}")
+        raise RefusedFileError(f"{path} holds the segment of key {header.key}, not {key}")
     return header
 
 
 def _parse_block_header(fd: int, st: os.stat_result, path: str) -> BlockHeader:
     first = os.pread(fd, _FIRST_READ, 0)
     if len(first) < _PREFIX.size or first[:8] != MAGIC:
-        raise SegmentError(f"{path} is not a shmstore segment")
+        raise RefusedFileError(f"{path} is not a shmstore segment")
     _, length = _PREFIX.unpack_from(first)
     end = _PREFIX.size + length
     if length > _MAX_HEADER:
-        raise SegmentError(f"{path} is damaged: header length {length} bytes")
+        raise RefusedFileError(f"{path} is damaged: header length {length} bytes")
     text = first[_PREFIX.size : end]
     if len(first) < end:
         text += os.pread(fd, end - len(first), len(first))
     (checksum,) = _CHECKSUM.unpack_from(first, 12)
     if checksum != zlib.crc32(text):
-        raise SegmentError(f"{path} is damaged: its header's checksum does not match its text")
+        raise RefusedFileError(f"{path} is damaged: its header's checksum does not match its text")
     key = _KEY_FIELD.search(text)
     offset = _OFFSET_FIELD.search(text)
     nbytes = _NBYTES_FIELD.search(text)
     if key is None or offset is None or nbytes is None:
-        raise SegmentError(f"{path} has an invalid header: no key, data_offset or nbytes")
+        raise RefusedFileError(f"{path} has an invalid header: no key, data_offset or nbytes")
     generation = _GENERATION_FIELD.search(text)
     block = _BLOCK_FIELD.search(text)
     header = BlockHeader(
@@ -565,9 +574,9 @@ def _parse_block_header(fd: int, st: os.stat_result, path: str) -> BlockHeader:
         named=_NAMED_FIELD.search(text) is not None,
     )
     if header.data_offset % PAGE or header.data_offset < end:
-        raise SegmentError(f"{path} is damaged: data offset {header.data_offset}")
+        raise RefusedFileError(f"{path} is damaged: data offset {header.data_offset}")
     if st.st_size != header.data_offset + header.nbytes:
-        raise SegmentError(
+        raise RefusedFileError(
             f"{path} is damaged: it holds {st.st_size} bytes, its header says "
             f"{header.data_offset + header.nbytes}"
         )
