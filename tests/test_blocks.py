@@ -15,6 +15,8 @@ import multiprocessing
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -388,3 +390,37 @@ def test_workers_use_the_blocks_a_handle_names(
         sums = pool.map(children.sum_of_rows, parts)
     assert sums == [float(data[a : a + 2_000].sum()) for a in range(0, 8_000, 2_000)]
     assert {e.key for e in cache.entries()} == set().union(*(p.keys for p in parts))
+
+
+_LIMITED = """
+import resource, sys, shmstore
+path, directory = sys.argv[1:3]
+with shmstore.open(path, cache=shmstore.Cache(directory)) as store:
+    handle = store.handle("z")
+    with open("/proc/self/status") as status:
+        size = next(int(l.split()[1]) * 1024 for l in status if l.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (size + (16 << 20), size + (16 << 20)))
+    try:
+        with handle.view("shared"):
+            print("mapped")
+    except shmstore.SegmentError as err:
+        print("SegmentError:", err)
+"""
+
+
+def test_a_view_the_address_space_cannot_hold_is_a_clear_error(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHMSTORE_BLOCK", "1M")
+    with shmstore.open(tmp_path / "z.h5", "w") as store:
+        store.write("z", np.zeros((64, 1 << 17)))  # 64 MiB in 64 blocks
+    done = subprocess.run(
+        [sys.executable, "-c", _LIMITED, str(tmp_path / "z.h5"), str(cache_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "SegmentError: cannot reserve 67108864 bytes of address space" in done.stdout
+    assert "ulimit -v" in done.stdout
