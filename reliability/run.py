@@ -132,7 +132,11 @@ Each with a regression test (the test file in brackets):
 - A pinned handle served an old version again after a view had served the new
   one (`test_soak.py`).
 - A datatype that HDF5 refuses to open, or that numpy cannot represent, escaped
-  from a store's open as a bare KeyError or TypeError (`test_damaged_headers.py`)."""
+  from a store's open as a bare KeyError or TypeError (`test_damaged_headers.py`).
+- An HDF5 file truncated while its blocks were cached and mapped left those
+  blocks behind for good: gc took them for current (same inode); a block is
+  now kept only while its file is at least as large as when it was loaded
+  (`test_cli_commands.py`)."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -273,6 +273,24 @@ def test_gc_keeps_a_block_whose_file_grew_by_an_append_to_another_dataset(
     assert [e.key for e in cache.entries()] == [key]
 
 
+def test_gc_removes_a_block_whose_file_was_truncated_while_it_was_held(
+    store_file: Path, cache_dir: Path
+) -> None:
+    cache = shmstore.Cache(cache_dir)
+    with shmstore.open(store_file, cache=cache) as store:
+        handle = store.handle("activations")
+        handle.pin()
+        (key,) = handle.keys
+    os.truncate(store_file, store_file.stat().st_size // 2)  # another program cut the file
+    report = run_json("gc", cache_dir=cache_dir)
+    assert report["kept"][key].startswith("in use: its file changed")
+    handle.unpin()
+    gc.collect()
+    report = run_json("gc", cache_dir=cache_dir)
+    assert f"{key}.seg" in report["removed"]  # its rows can no longer be what the file holds
+    assert cache.entries() == []
+
+
 def test_evict_of_a_key_not_cached_succeeds_and_says_so(cache_dir: Path) -> None:
     key = "0" * 32
     report = run_json("evict", key, cache_dir=cache_dir)
