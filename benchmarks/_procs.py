@@ -70,7 +70,8 @@ def _stampede_worker(path: str, cache: shmstore.Cache, barrier: Barrier, out: Qu
         )
     # Who made each block and when: every process must see the same file per block
     # (a block loaded twice would be a second file, published over the first).
-    made = tuple((cache.header(k).creator_pid, cache.header(k).created) for k in handle.keys)
+    headers = [cache.header(key) for key in handle.keys]
+    made = tuple((h.creator_pid, h.created) for h in headers)
     out.put((start, end, made, same))
     store.close()
 

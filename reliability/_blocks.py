@@ -35,12 +35,22 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import FAILED, LEAK, OK, REFUSED, WRONG, Row, Settings, cases_by_kind, run_into_rows
+from _common import (
+    FAILED,
+    LEAK,
+    OK,
+    REFUSED,
+    WRONG,
+    Case,
+    Row,
+    Settings,
+    cases_by_kind,
+    run_into_rows,
+)
 
 SECTION = "Blocks"
 SHM = Path("/dev/shm")
@@ -51,16 +61,6 @@ KINDS: dict[str, tuple[str, int, int]] = {
     "kill": ("4 processes fill one slice together; 1-2 get SIGKILL at a random moment", 12, 60),
     "race": ("appends and overwrites of two datasets racing views of a third", 4, 16),
 }
-
-
-@dataclass(frozen=True)
-class Case:
-    kind: str
-    seed: int
-    workdir: str
-
-    def __repr__(self) -> str:
-        return f"{self.kind}#{self.seed}"
 
 
 def _truth(rows: int, width: int) -> np.ndarray[Any, Any]:

@@ -36,7 +36,6 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ from _common import (
     OK,
     REFUSED,
     WRONG,
+    Case,
     Row,
     Settings,
     cases_by_kind,
@@ -71,16 +71,6 @@ KINDS: dict[str, tuple[str, int, int]] = {
     "full": ("tiny budget or a full 4 MiB tmpfs while segments are mapped", 12, 60),
 }
 _ORDER = (WRONG, CRASH, HANG, FAILED, LEAK, REFUSED, OK)
-
-
-@dataclass(frozen=True)
-class Case:
-    kind: str
-    seed: int
-    workdir: str
-
-    def __repr__(self) -> str:
-        return f"{self.kind}#{self.seed}"
 
 
 def expected(version: int, rows: int = ROWS) -> np.ndarray[Any, Any]:

@@ -69,6 +69,18 @@ class Settings:
     workers: int = 2
 
 
+@dataclass(frozen=True)
+class Case:
+    """One case of a part: its kind, its seed, and where it may make files."""
+
+    kind: str
+    seed: int
+    workdir: str
+
+    def __repr__(self) -> str:
+        return f"{self.kind}#{self.seed}"
+
+
 def _child(fn: Callable[[Any], tuple[str, str]], conn: Connection) -> None:
     # The parent kills a hung child with SIGKILL; SIGINT is the parent's to handle.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -32,12 +32,22 @@ import shutil
 import stat
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import FAILED, LEAK, OK, REFUSED, WRONG, Row, Settings, cases_by_kind, run_into_rows
+from _common import (
+    FAILED,
+    LEAK,
+    OK,
+    REFUSED,
+    WRONG,
+    Case,
+    Row,
+    Settings,
+    cases_by_kind,
+    run_into_rows,
+)
 
 SECTION = "Fuzzed segments"
 SHM = Path("/dev/shm")
@@ -77,16 +87,6 @@ KINDS: dict[str, tuple[str, int, int]] = {
     "seg_odd": ("<key>.seg a FIFO, an empty or non-empty directory, a socket", 6, 24),
     "renamed": ("a valid segment of another key under this key's name", 3, 12),
 }
-
-
-@dataclass(frozen=True)
-class Case:
-    kind: str
-    seed: int
-    workdir: str
-
-    def __repr__(self) -> str:
-        return f"{self.kind}#{self.seed}"
 
 
 def expected(version: int = 0) -> np.ndarray[Any, Any]:

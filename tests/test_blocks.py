@@ -92,21 +92,28 @@ def test_a_view_across_blocks_is_one_contiguous_array_of_the_rows_asked_for(
         store.write("x", array)
     os.environ["SHMSTORE_BLOCK"] = str(block_pages * PAGE)  # the fixture restores it
     cache = shmstore.Cache(Path("/dev/shm") / f"shmstore-blocktest-{where.name}")
-    with shmstore.open(where / "s.h5", cache=cache) as store:
+    try:
+        _check_view(where / "s.h5", cache, array, (start, stop), block_pages * PAGE)
+    finally:
+        shutil.rmtree(cache.directory, ignore_errors=True)
+
+
+def _check_view(
+    path: Path, cache: shmstore.Cache, array: np.ndarray, rows: tuple[int, int], block: int
+) -> None:
+    """The view of *rows*: the right values, one C-contiguous read-only array, its blocks."""
+    start, stop = rows
+    row_floats = array.shape[1]
+    with shmstore.open(path, cache=cache) as store:
         handle = store.handle("x", (start, stop))
         with store.view("x", (start, stop), mode="shared") as arr:
             np.testing.assert_array_equal(arr, array[start:stop])
             assert arr.flags.c_contiguous
             assert not arr.flags.writeable
-            nbytes = (stop - start) * row_floats * 8
             first, last = start * row_floats * 8, stop * row_floats * 8
-            assert len(handle.keys) == -(-last // (block_pages * PAGE)) - first // (
-                block_pages * PAGE
-            )
-            assert arr.nbytes == nbytes
+            assert len(handle.keys) == -(-last // block) - first // block  # blocks covering
+            assert arr.nbytes == last - first
         del arr
-    cache.evict(all=True)
-    shutil.rmtree(cache.directory, ignore_errors=True)
 
 
 def test_a_view_within_one_block_is_a_single_mapping(path: Path, cache: shmstore.Cache) -> None:
@@ -374,6 +381,22 @@ def test_a_bad_block_file_is_never_mapped_and_its_rows_are_loaded_again(
     assert not (cache.directory / f"{key}.seg").is_symlink()
     with shmstore.open(path) as store:  # a link's target is untouched
         np.testing.assert_array_equal(store.read("x"), data)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_block_file_of_another_user_is_refused_and_left_where_it_is(
+    path: Path, cache: shmstore.Cache
+) -> None:
+    with shmstore.open(path, cache=cache) as store:
+        (key,) = store.handle("x", (0, 100)).keys
+        with store.view("x", (0, 100), mode="shared"):
+            pass
+        gc.collect()
+        block_file = cache.directory / f"{key}.seg"
+        os.chown(block_file, 65534, 65534)
+        with pytest.raises(shmstore.SegmentError, match="belongs to uid 65534"):
+            store.view("x", (0, 100), mode="shared")
+    assert block_file.stat().st_uid == 65534  # as gc: another user's file is not removed
 
 
 # -- workers -------------------------------------------------------------------------------

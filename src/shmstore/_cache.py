@@ -1123,6 +1123,12 @@ class Cache:
         except RefusedFileError as err:
             path = self._segment_path(block.key)
             try:
+                owner = os.lstat(path).st_uid
+                if owner != os.geteuid():  # as gc: another user's file is never removed
+                    raise SegmentError(
+                        f"{err}; it belongs to uid {owner}, whose files shmstore leaves alone: "
+                        f"remove {path} as that user (or root), and the rows are loaded again"
+                    ) from err
                 os.unlink(path)
             except FileNotFoundError:
                 pass
