@@ -96,6 +96,11 @@ def test_an_h5py_write_in_place_is_a_new_generation_never_served_stale(
         old = handle.generation
     with h5py.File(two_datasets, "r+") as file:
         file["a"][0] = [-1.0, -1.0, -1.0, -1.0]
+    # The new bytes do not match the checksums shmstore recorded: an error, not the old rows.
+    with pytest.raises(shmstore.IntegrityError, match="shmstore seal"), handle.view():
+        pass
+    with shmstore.open(two_datasets, "a") as store:
+        store.seal("a")
     with handle.view() as arr:
         np.testing.assert_array_equal(arr[0], [-1.0, -1.0, -1.0, -1.0])
     assert handle.generation != old
@@ -115,6 +120,11 @@ def test_a_shmstore_write_after_an_h5py_write_does_not_vouch_for_the_other_datas
         file["a"][0] = [-2.0, -2.0, -2.0, -2.0]
     with shmstore.open(two_datasets, "a") as store:  # shmstore writes last, to "b" only
         store.append("b", np.ones((1, 4), dtype="<i4"))
+    # Not the old rows of "a": its new bytes fail their checksums until sealed.
+    with pytest.raises(shmstore.IntegrityError), handle.view():
+        pass
+    with shmstore.open(two_datasets, "a") as store:
+        store.seal("a")
     with handle.view() as arr:
         np.testing.assert_array_equal(arr[0], [-2.0, -2.0, -2.0, -2.0])
 

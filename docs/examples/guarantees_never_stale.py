@@ -31,9 +31,19 @@ with shmstore.open(path, mode="a") as store:  # a change through shmstore
 with handle.view() as arr:  # invariant 3: the handle serves the new version
     np.testing.assert_array_equal(arr, 1.0)
 
-# A change by another tool: shmstore sees the file's size or mtime change.
+# A change by another tool: shmstore sees the file's size or mtime change, and
+# the new bytes do not match the checksums recorded when "data" was written
+# (invariant 10): an error, never the old rows, never unchecked new ones.
 with h5py.File(path, "r+") as f:
     f["data"][:100] = 2.0
+try:
+    with handle.view() as arr:
+        pass
+except shmstore.IntegrityError:
+    print("IntegrityError: the rows h5py changed do not match their checksums")
+# The change was on purpose: record checksums of the data as they are now.
+with shmstore.open(path, mode="a") as store:
+    store.seal("data")
 with handle.view() as arr:
     np.testing.assert_array_equal(arr, 2.0)
 

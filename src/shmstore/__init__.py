@@ -13,6 +13,7 @@ from .errors import (
     ArgumentError,
     ArrayNotFoundError,
     CacheFullError,
+    IntegrityError,
     InvalidStoreError,
     LayoutError,
     LockTimeoutError,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from ._handle import Handle
     from ._store import Store
     from ._store import open_store as open
-    from .manifest import ArrayInfo, Manifest
+    from .manifest import ArrayInfo, Checksums, Manifest
 
 # Imported on first use (PEP 562): h5py, pydantic and filelock take most of the
 # time of an import, and a program that only catches shmstore's errors, or
@@ -43,6 +44,7 @@ _LAZY = {
     "ArrayInfo": (".manifest", "ArrayInfo"),
     "Cache": ("._cache", "Cache"),
     "CacheEntry": ("._cache", "CacheEntry"),
+    "Checksums": (".manifest", "Checksums"),
     "Handle": ("._handle", "Handle"),
     "Manifest": (".manifest", "Manifest"),
     "Store": ("._store", "Store"),
@@ -75,7 +77,9 @@ __all__ = [
     "Cache",
     "CacheEntry",
     "CacheFullError",
+    "Checksums",
     "Handle",
+    "IntegrityError",
     "InvalidStoreError",
     "LayoutError",
     "LockTimeoutError",

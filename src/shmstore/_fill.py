@@ -1,4 +1,4 @@
-"""Filling a new segment: copying a block of a file into it, threads, progress.
+"""Filling a new segment: copying a block of a file into it, checked, threads, progress.
 
 A slice of a contiguous dataset is one block of one file.  The kernel copies
 it into the segment: ``pread`` into a small buffer that stays in the CPU's
@@ -10,6 +10,11 @@ median of 3, interleaved: ``preadv`` into a mapping of the segment 1.21 GB/s,
 this copy 2.24 GB/s with a 1 MiB buffer per thread in 2 threads.
 (``copy_file_range`` refuses to cross file systems here, ``EXDEV``; ``sendfile``
 ran at 2.24 GB/s in one thread but cannot be split between threads as simply.)
+
+Where the data have checksums, each thread checks those of the ranges it
+copies on the bytes in its buffer, still in the CPU's cache, before they are
+written (``docs/design.md``, "Checksums"); a mismatch stops every thread and
+nothing is published.
 
 Loads that last longer than a second show a tqdm progress bar on stderr when
 it is a terminal.
@@ -26,9 +31,19 @@ from typing import Any
 
 import numpy as np
 
+from ._integrity import Verifier, crc
 from .errors import ArgumentError, InvalidStoreError
 
-__all__ = ["ENV_THREADS", "FileBlock", "FileFill", "copy_block", "progress", "worker_count"]
+__all__ = [
+    "ENV_THREADS",
+    "FileBlock",
+    "FileFill",
+    "check_block",
+    "copy_block",
+    "progress",
+    "read_block",
+    "worker_count",
+]
 
 ENV_THREADS = "SHMSTORE_THREADS"
 _MAX_THREADS = 8
@@ -62,12 +77,18 @@ class FileBlock(FileFill):
     Given to :meth:`Cache.get` instead of a fill callback, the kernel copies
     them (see the module's docstring).
 
+    :param path: the file, or a descriptor open on it (used, not closed).
     :param what: what is loaded, for the progress bar and messages.
+    :param verifier: the dataset's checksums, checked on the way.
+    :param start: the dataset byte at *offset* (where the checksums' ranges
+        are counted from).
     """
 
-    path: str | os.PathLike[str]
+    path: str | os.PathLike[str] | int
     offset: int
     what: str = ""
+    verifier: Verifier | None = None
+    start: int = 0
 
     def write(self, fd: int, data_offset: int, out: np.ndarray[Any, Any]) -> None:
         """Copy ``out.nbytes`` bytes of the block into *fd* (the mapping is not touched)."""
@@ -111,41 +132,148 @@ def progress(total: int, what: str) -> Any:
 def copy_block(block: FileBlock, fd: int, data_offset: int, nbytes: int) -> None:
     """Copy *nbytes* of *block* into the open file *fd* at byte *data_offset*.
 
-    Threads each copy one contiguous part.  If this thread is interrupted
+    Threads each copy one contiguous part; with a verifier, each checks the
+    checksums of the ranges it copies on the bytes in its buffer, between the
+    ``pread`` and the ``pwrite``.  If this thread is interrupted
     (``KeyboardInterrupt``), the others stop within one buffer and are
     joined before the exception goes on: no thread writes to *fd* once this
     returns or raises, so the caller may close it.
 
+    :raises IntegrityError: bytes of the block do not match their checksum.
     :raises InvalidStoreError: the file ends before the block does.
     :raises OSError: the file cannot be read, or *fd* written.
     """
+    _transfer(block, _FileSink(fd, data_offset), nbytes)
+
+
+def read_block(block: FileBlock, out: memoryview) -> None:
+    """Read ``len(out)`` bytes of *block* into *out*, checked as :func:`copy_block` checks.
+
+    :raises IntegrityError, InvalidStoreError, OSError: as :func:`copy_block`.
+    """
+    _transfer(block, _MemorySink(out), len(out))
+
+
+def check_block(block: FileBlock, nbytes: int) -> int:
+    """Check *nbytes* of *block* against their checksums, keeping nothing.
+
+    :returns: the bytes that have checksums (the others are read for nothing).
+    :raises IntegrityError, InvalidStoreError, OSError: as :func:`copy_block`.
+    """
+    pieces = _pieces(block, nbytes)
+    checked = sum(p.hi - p.lo for p in pieces if p.expected is not None)
+    _transfer(block, None, nbytes, [p for p in pieces if p.expected is not None])
+    return checked
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Bytes ``[lo, hi)`` of a block; with *expected*, all of one checksum's range.
+
+    *head* and *tail* are the parts of that range outside the block
+    (dataset bytes ``[start, end)``), read and summed but not copied.
+    """
+
+    lo: int
+    hi: int
+    expected: int | None = None
+    range: tuple[int, int] = (0, 0)
+    head: tuple[int, int] | None = None
+    tail: tuple[int, int] | None = None
+
+
+def _pieces(block: FileBlock, nbytes: int) -> list[_Piece]:
+    """The block's bytes as pieces: the ranges of its checksums, then buffers."""
+    pieces: list[_Piece] = []
+    covered = 0
+    verifier = block.verifier
+    if verifier is not None:
+        start, stop = block.start, block.start + nbytes
+        for first, last, expected in verifier.sums.ranges(start, stop):
+            pieces.append(
+                _Piece(
+                    max(first, start) - start,
+                    min(last, stop) - start,
+                    expected,
+                    (first, last),
+                    (first, start) if first < start else None,
+                    (stop, last) if last > stop else None,
+                )
+            )
+        covered = pieces[-1].hi if pieces else 0
+    pieces.extend(_Piece(lo, min(lo + _BUFFER, nbytes)) for lo in range(covered, nbytes, _BUFFER))
+    return pieces
+
+
+def _shares(pieces: list[_Piece], threads: int) -> list[list[_Piece]]:
+    """*pieces* in at most *threads* runs of consecutive pieces of about equal bytes."""
+    total = sum(p.hi - p.lo for p in pieces)
+    share = -(-total // threads)
+    runs: list[list[_Piece]] = [[]]
+    done = 0
+    for piece in pieces:
+        if runs[-1] and done >= share * len(runs):
+            runs.append([])
+        runs[-1].append(piece)
+        done += piece.hi - piece.lo
+    return runs
+
+
+class _FileSink:
+    """Where copied bytes go: the open file *fd*, from byte *offset*."""
+
+    def __init__(self, fd: int, offset: int) -> None:
+        self.fd, self.offset = fd, offset
+
+    def put(self, data: memoryview, position: int) -> None:
+        written = 0
+        while written < len(data):
+            written += os.pwrite(self.fd, data[written:], self.offset + position + written)
+
+
+class _MemorySink:
+    """Where copied bytes go: *out*, read into directly (no buffer between)."""
+
+    def __init__(self, out: memoryview) -> None:
+        self.out = out
+
+
+def _transfer(
+    block: FileBlock,
+    sink: _FileSink | _MemorySink | None,
+    nbytes: int,
+    pieces: list[_Piece] | None = None,
+) -> None:
+    """Move *nbytes* of *block* into *sink* (``None``: nowhere), checking checksums."""
     if nbytes == 0:
         return
+    if pieces is None:
+        pieces = _pieces(block, nbytes)
+    if not pieces:
+        return
     threads = worker_count() if nbytes >= _SPLIT_AT else 1
-    # Parts of whole buffers, so that every pread but the last is a full one.
-    part = -(-nbytes // threads // _BUFFER) * _BUFFER
-    bounds = [(lo, min(lo + part, nbytes)) for lo in range(0, nbytes, part)]
+    runs = _shares(pieces, threads)
     errors: list[BaseException] = []
-    src = os.open(block.path, os.O_RDONLY | os.O_CLOEXEC)
+    src = _open(block.path)
     try:
-        with progress(nbytes, block.what) as bar:
-            copier = _Copier(src, fd, block, data_offset, bar)
+        with progress(sum(p.hi - p.lo for p in pieces), block.what) as bar:
+            copier = _Copier(src, sink, block, bar)
 
-            def run(lo: int, hi: int) -> None:
+            def run(run_pieces: list[_Piece]) -> None:
                 try:
-                    copier.copy(lo, hi)
+                    copier.copy(run_pieces)
                 except BaseException as err:
                     errors.append(err)
                     copier.stop.set()
 
             helpers = [
-                threading.Thread(target=run, args=span, name=f"shmstore-copy-{i}", daemon=True)
-                for i, span in enumerate(bounds[1:], 1)
+                threading.Thread(target=run, args=(part,), name=f"shmstore-copy-{i}", daemon=True)
+                for i, part in enumerate(runs[1:], 1)
             ]
             for helper in helpers:
                 helper.start()
             try:
-                copier.copy(*bounds[0])
+                copier.copy(runs[0])
             except BaseException:
                 copier.stop.set()
                 raise
@@ -158,33 +286,68 @@ def copy_block(block: FileBlock, fd: int, data_offset: int, nbytes: int) -> None
         raise errors[0]
 
 
-class _Copier:
-    """Copies parts of *block* from *src* into *dst*, from threads; :attr:`stop` stops them all."""
+def _name(path: str | os.PathLike[str] | int) -> str:
+    return f"descriptor {path}" if isinstance(path, int) else os.fspath(path)
 
-    def __init__(self, src: int, dst: int, block: FileBlock, data_offset: int, bar: Any) -> None:
-        self.src, self.dst, self.block, self.data_offset = src, dst, block, data_offset
+
+def _open(path: str | os.PathLike[str] | int) -> int:
+    """A descriptor of its own on *path* (a path, or a descriptor to duplicate)."""
+    if isinstance(path, int):
+        return os.dup(path)
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+class _Copier:
+    """Copies pieces of *block* from *src* into *sink*, from threads; :attr:`stop` stops all."""
+
+    def __init__(
+        self, src: int, sink: _FileSink | _MemorySink | None, block: FileBlock, bar: Any
+    ) -> None:
+        self.src, self.sink, self.block = src, sink, block
         self.stop = threading.Event()
         self._bar = bar
         self._lock = threading.Lock()  # tqdm's update is not made for threads
 
-    def copy(self, lo: int, hi: int) -> None:
-        """Copy bytes ``[lo, hi)`` of the block (relative to its start) through one buffer."""
-        buffer = memoryview(bytearray(min(_BUFFER, hi - lo)))
-        position = lo
-        while position < hi and not self.stop.is_set():
-            want = min(len(buffer), hi - position)
-            got = os.preadv(self.src, [buffer[:want]], self.block.offset + position)
-            if got == 0:
-                raise InvalidStoreError(
-                    f"{os.fspath(self.block.path)} ended after {self.block.offset + position} "
-                    f"bytes while loading {self.block.what or 'a block of it'}: the file is "
-                    "truncated"
-                )
-            written = 0
-            while written < got:
-                written += os.pwrite(
-                    self.dst, buffer[written:got], self.data_offset + position + written
-                )
-            position += got
+    def _truncated(self, position: int) -> InvalidStoreError:
+        return InvalidStoreError(
+            f"{_name(self.block.path)} ended after {self.block.offset + position} "
+            f"bytes while loading {self.block.what or 'a block of it'}: the file is truncated"
+        )
+
+    def _outside(self, first: int, last: int) -> bytes:
+        """Dataset bytes ``[first, last)`` outside the block (the rest of a checksum's range)."""
+        position = first - self.block.start
+        data = os.pread(self.src, last - first, self.block.offset + position)
+        if len(data) != last - first:
+            raise self._truncated(position + len(data))
+        return data
+
+    def copy(self, pieces: list[_Piece]) -> None:
+        """Copy *pieces* in order through one buffer, checking each that has a checksum."""
+        size = min(_BUFFER, max(p.hi - p.lo for p in pieces))
+        buffer = memoryview(bytearray(size)) if not isinstance(self.sink, _MemorySink) else None
+        for piece in pieces:
+            if self.stop.is_set():
+                return
+            value = crc(self._outside(*piece.head)) if piece.head is not None else 0
+            position = piece.lo
+            while position < piece.hi:
+                want = min(size, piece.hi - position)
+                if buffer is None:
+                    target = self.sink.out[position : position + want]  # type: ignore[union-attr]
+                else:
+                    target = buffer[:want]
+                got = os.preadv(self.src, [target], self.block.offset + position)
+                if got == 0:
+                    raise self._truncated(position)
+                if piece.expected is not None:
+                    value = crc(target[:got], value)
+                if isinstance(self.sink, _FileSink):
+                    self.sink.put(target[:got], position)
+                position += got
+            if piece.tail is not None:
+                value = crc(self._outside(*piece.tail), value)
+            if piece.expected is not None and self.block.verifier is not None:
+                self.block.verifier.check_range(*piece.range, value, piece.expected)
             with self._lock:
-                self._bar.update(got)
+                self._bar.update(piece.hi - piece.lo)

@@ -157,8 +157,12 @@ def open_dataset(file: h5py.File, name: str) -> h5py.Dataset:
         return h5py.Dataset(h5d.open(file.id, name.encode()))
 
 
-def walk_datasets(file: h5py.File, skip: str) -> list[str]:
-    """Paths of every dataset in *file* ("grp/sub/ds"), except under group *skip*.
+def _skipped(name: str, skip: tuple[str, ...]) -> bool:
+    return name.split("/", 1)[0] in skip
+
+
+def walk_datasets(file: h5py.File, skip: tuple[str, ...]) -> list[str]:
+    """Paths of every dataset in *file* ("grp/sub/ds"), except under the root groups *skip*.
 
     Objects are classified without being opened: a dataset opened here with
     HDF5's default external-file prefix while another thread of the process
@@ -167,7 +171,7 @@ def walk_datasets(file: h5py.File, skip: str) -> list[str]:
     found: list[str] = []
 
     def visit(name: str) -> None:
-        if is_dataset(file, name) and not (name == skip or name.startswith(skip + "/")):
+        if is_dataset(file, name) and not _skipped(name, skip):
             found.append(name)
 
     try:
@@ -200,12 +204,12 @@ def is_dataset(file: h5py.File, name: str) -> bool:
         ) from err
 
 
-def first_datasets(file: h5py.File, skip: str, limit: int) -> list[str]:
+def first_datasets(file: h5py.File, skip: tuple[str, ...], limit: int) -> list[str]:
     """Up to *limit* dataset paths of *file* in visiting order (for messages: cheap)."""
     found: list[str] = []
 
     def visit(name: str) -> bool | None:
-        if is_dataset(file, name) and not (name == skip or name.startswith(skip + "/")):
+        if is_dataset(file, name) and not _skipped(name, skip):
             found.append(name)
         return True if len(found) >= limit else None
 

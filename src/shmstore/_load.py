@@ -36,10 +36,11 @@ from ._chunk_index import stored_chunks
 from ._dtype import empty as new_empty
 from ._fill import FileFill, progress, worker_count
 from ._hdf5 import as_stored, missing_filters
+from ._integrity import Verifier, chunk_number
 from .errors import InvalidStoreError
 from .manifest import ArrayInfo
 
-__all__ = ["BLOCK_BYTES", "block_filler", "chunk_filler", "dataset_filler"]
+__all__ = ["BLOCK_BYTES", "block_filler", "check_chunks", "chunk_filler", "dataset_filler"]
 
 BLOCK_BYTES = 64 << 20
 """Bytes per ``read_direct`` of :func:`dataset_filler`: the progress step."""
@@ -162,6 +163,7 @@ def chunk_filler(
     what: str,
     *,
     index: dict[tuple[int, ...], Any] | None = None,
+    verifier: Verifier | None = None,
 ) -> ChunkWriter | None:
     """A fill decoding the chunks of rows ``start, start + len(out)`` in threads.
 
@@ -174,6 +176,8 @@ def chunk_filler(
     :param index: the stored chunks by coordinates, as
         :func:`~shmstore._chunk_index.check_chunk_index` returns them (listed
         here when not given).
+    :param verifier: the checksums of the stored chunks, checked before decoding.
+    :raises IntegrityError: (when filling) a chunk does not match its checksum.
     :raises InvalidStoreError: (when filling) a chunk cannot be read or decoded.
     """
     chunks = dataset.chunks
@@ -203,6 +207,7 @@ def chunk_filler(
         if index is not None
         else {tuple(c.chunk_offset): c for c in stored_chunks(dataset.id)},
         read_missing=functools.partial(_read_region, dataset, what),
+        verifier=verifier,
     )
 
 
@@ -242,6 +247,7 @@ class ChunkWriter(FileFill):
     stages: list[_Stage]
     stored: dict[tuple[int, ...], Any]
     read_missing: Callable[[tuple[slice, ...], np.ndarray[Any, Any]], None]
+    verifier: Verifier | None = None
 
     def write(self, fd: int, data_offset: int, out: np.ndarray[Any, Any]) -> None:
         """Fill *out* (rows ``start, start + len(out)``); see :class:`FileFill`."""
@@ -273,7 +279,12 @@ class ChunkWriter(FileFill):
                         self.read_missing(region, out[target])
                     else:
                         data, shuffled = _decode(
-                            source_fd, chunk, self.stages, chunk_nbytes, self.what
+                            source_fd,
+                            chunk,
+                            self.stages,
+                            chunk_nbytes,
+                            self.what,
+                            verifier=self.verifier,
                         )
                         if whole_rows:
                             buffer = getattr(scratch, "buffer", None)
@@ -338,16 +349,36 @@ def _overlap(
     return tuple(target), tuple(source)
 
 
-def _decode(fd: int, chunk: Any, stages: list[_Stage], nbytes: int, what: str) -> tuple[bytes, int]:
-    """One stored chunk, read at its offset with its filters undone in reverse order.
+def _read_chunk(fd: int, chunk: Any, what: str, verifier: Verifier | None) -> bytes:
+    """The stored bytes of *chunk*, checked against its checksum when it has one.
 
-    :returns: the bytes, and the item size of the shuffle still to undo (0: none).
+    :raises IntegrityError: they do not match it.
+    :raises InvalidStoreError: the file ends inside the chunk.
     """
     data = os.pread(fd, chunk.size, chunk.byte_offset)
     if len(data) != chunk.size:
         raise InvalidStoreError(
             f"the file ends inside a chunk of {what} (at byte {chunk.byte_offset}): it is truncated"
         )
+    if verifier is not None:
+        verifier.check_chunk(chunk.chunk_offset, data, chunk.byte_offset)
+    return data
+
+
+def _decode(
+    fd: int,
+    chunk: Any,
+    stages: list[_Stage],
+    nbytes: int,
+    what: str,
+    *,
+    verifier: Verifier | None = None,
+) -> tuple[bytes, int]:
+    """One stored chunk, read at its offset, checked, with its filters undone in reverse order.
+
+    :returns: the bytes, and the item size of the shuffle still to undo (0: none).
+    """
+    data = _read_chunk(fd, chunk, what, verifier)
     shuffled = 0
     try:
         for index in reversed(range(len(stages))):
@@ -414,6 +445,46 @@ def _run_all(work: Callable[[tuple[int, ...]], None], items: Iterator[tuple[int,
         pool.shutdown(wait=True)
 
 
+def check_chunks(
+    path: Path,
+    stored: dict[tuple[int, ...], Any],
+    verifier: Verifier,
+    rows: tuple[int, int],
+    what: str,
+) -> int:
+    """Check the stored chunks over rows ``[first, last)`` against their checksums.
+
+    Before HDF5 reads rows itself (filters shmstore does not decode, rows cut
+    by a block, :meth:`Store.read`), and for :meth:`Store.verify`: the stored
+    bytes are read once more, at the speed of the page cache.
+
+    :returns: the bytes of the chunks that have checksums.
+    :raises IntegrityError: a chunk does not match its checksum.
+    :raises InvalidStoreError: the file ends inside a chunk.
+    """
+    first, last = rows
+    rows_per = verifier.chunks[0] if verifier.chunks else 1
+    low = first // rows_per * rows_per
+    chosen = [c for origin, c in stored.items() if low <= origin[0] < last]
+    if not chosen:
+        return 0
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def one(item: tuple[int, ...]) -> None:
+        _read_chunk(fd, chosen[item[0]], what, verifier)
+
+    try:
+        _run_all(one, ((i,) for i in range(len(chosen))))
+    finally:
+        os.close(fd)
+    checked = 0
+    for chunk in chosen:
+        number = chunk_number(chunk.chunk_offset, verifier.chunks or (1,), verifier.shape)
+        if verifier.sums.chunk(number) is not None:
+            checked += chunk.size
+    return checked
+
+
 # -- filling one block ----------------------------------------------------------------
 
 
@@ -444,6 +515,7 @@ def block_filler(
     what: str,
     index: dict[tuple[int, ...], Any] | None = None,
     check_hdf5: Callable[[int, int], object] = lambda first, last: None,
+    verifier: Verifier | None = None,
 ) -> Callable[[np.ndarray[Any, Any]], object] | FileFill:
     """A fill of the block holding bytes ``[lo, hi)`` of *dataset* (C order), not contiguous.
 
@@ -453,14 +525,18 @@ def block_filler(
 
     :param path: the HDF5 file, which holds the chunks.
     :param check_hdf5: called with rows ``first, last`` before HDF5 is left
-        to read them (to check its chunk lookups, which it does not check).
+        to read them (to check its chunk lookups, which it does not check,
+        and the chunks' checksums).
+    :param verifier: the checksums of the stored chunks, checked before
+        they are decoded.
     :raises InvalidStoreError: the chunk lookups are damaged; (when filling)
         the rows cannot be read or decoded.
+    :raises IntegrityError: (when filling) a chunk does not match its checksum.
     """
     row = info.row_nbytes
     first, last = lo // row, -(-hi // row)
     if lo % row == 0 and hi % row == 0:
-        rows_fill = chunk_filler(dataset, info, first, path, what, index=index)
+        rows_fill = chunk_filler(dataset, info, first, path, what, index=index, verifier=verifier)
         if rows_fill is None:
             check_hdf5(first, last)
         inner = rows_fill if rows_fill is not None else dataset_filler(dataset, info, first, what)

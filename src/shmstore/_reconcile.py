@@ -48,6 +48,7 @@ def check_record(info: ArrayInfo, found: ArrayInfo, where: str) -> ArrayInfo:
                 "version": info.version,
                 "generation": info.generation,
                 "chunk_digest": info.chunk_digest,
+                "checksums": info.checksums,
             }
         )
     same_rows = len(found.shape) == len(info.shape) and found.shape[1:] == info.shape[1:]
@@ -60,7 +61,13 @@ def check_record(info: ArrayInfo, found: ArrayInfo, where: str) -> ArrayInfo:
             info.shape[0],
         )
         _check_offset(info, found)
-        return found.model_copy(update={"version": info.version, "generation": info.generation})
+        return found.model_copy(
+            update={
+                "version": info.version,
+                "generation": info.generation,
+                "checksums": info.checksums,
+            }
+        )
     raise ManifestError(
         f"the record says {info.name!r} has shape {info.shape}, the file holds {found.shape}: "
         "refusing to serve data of the wrong shape"

@@ -40,10 +40,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import h5py
 import numpy as np
 
-from . import _hdf5, _metadata, _raw, _written
+from . import _hdf5, _metadata, _raw, _sums, _written
 from ._dtype import check_supported
 from ._dtype import empty as new_empty
 from ._durable import durable_from_env, fsync_dir, fsync_file
+from ._fill import FileBlock, check_block, read_block, worker_count
 from ._format1 import BACKUP_ATTR, MANIFEST_ATTR, copy_problems, read_manifest
 from ._journal import JournalingFile, journal_path, rollback
 from ._memmap import check_external, map_rows, source_block
@@ -65,11 +66,12 @@ from .errors import (
     StoreNotFoundError,
     UnsupportedDtypeError,
 )
-from .manifest import FORMAT_VERSION, ArrayInfo, Manifest
+from .manifest import FORMAT_VERSION, ArrayInfo, Checksums, Manifest
 
 if TYPE_CHECKING:
     from ._cache import Cache
     from ._handle import Handle
+    from ._integrity import Verifier
     from ._sharing import Described, Fill
 
 __all__ = ["Mode", "Store", "ViewMode", "check_name", "check_rows_fit", "open_store"]
@@ -81,6 +83,8 @@ _MODES = ("r", "r+", "a", "w", "w-", "x")
 ViewMode = Literal["shared", "memmap", "memory", "auto"]
 _VIEW_MODES = ("shared", "memmap", "memory", "auto")
 _TMP_GROUP = ".shmstore_tmp"
+# Root groups of shmstore's own: the trash, and the datasets' checksums.
+_RESERVED = (_TMP_GROUP, _sums.SUMS_GROUP)
 _NAME_PART = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
@@ -88,8 +92,8 @@ _RECORD_FIELDS = tuple(field for field in ArrayInfo.model_fields if field != "na
 
 
 def _in_tmp(name: str) -> bool:
-    """True for shmstore's own scratch group and what lies in it."""
-    return name.split("/", 1)[0] == _TMP_GROUP
+    """True for shmstore's own groups (trash, checksums) and what lies in them."""
+    return name.split("/", 1)[0] in _RESERVED
 
 
 def check_name(name: object) -> str:
@@ -110,8 +114,8 @@ def check_name(name: object) -> str:
         problem = "it has an empty, '.' or '..' component"
     elif not all(_NAME_PART.match(part) for part in name.split("/")):
         problem = "only letters, digits and _ . - are allowed, with / between groups"
-    elif name.split("/")[0] == _TMP_GROUP:
-        problem = f"{_TMP_GROUP!r} is reserved for shmstore's own use"
+    elif name.split("/")[0] in _RESERVED:
+        problem = f"{name.split('/')[0]!r} is reserved for shmstore's own use"
     if problem:
         raise ArgumentError(f"invalid dataset name {name!r}: {problem}")
     return name
@@ -332,6 +336,7 @@ class Store:
         where = str(self.path)
         self._known: dict[str, ArrayInfo | str] = {}
         self._chunk_indexes: dict[tuple[str, int, tuple[int, ...]], Any] = {}
+        self._verifiers: dict[tuple[str, int, tuple[int, ...]], Verifier | None] = {}
         self._descriptions: dict[str, Described] = {}
         self._format1: dict[str, ArrayInfo] | None = None
         try:
@@ -420,8 +425,18 @@ class Store:
         return info
 
     def _repair(self, info: ArrayInfo) -> None:
-        """Record the rows of an append whose writer died (they are complete)."""
+        """Record the rows of an append whose writer died (they are complete).
+
+        Their checksums were written before the extent grew: they are counted now.
+        """
         self._reopen_writable()
+        if info.checksums is not None and info.checksums.per == "range":
+            sums = _sums.read(
+                self._file, self.path, info.checksums, repr(info.name), limit=info.nbytes
+            )
+            info = info.model_copy(
+                update={"checksums": info.checksums.model_copy(update={"count": len(sums)})}
+            )
         self._store_record(info)
         self._touch()
 
@@ -537,7 +552,7 @@ class Store:
         Listing visits every object of the file.
         """
         self._check_open()
-        names = set(_hdf5.walk_datasets(self._file, skip=_TMP_GROUP))
+        names = set(_hdf5.walk_datasets(self._file, skip=_RESERVED))
         names.update(self._format1 or ())
         return sorted(names)
 
@@ -575,7 +590,7 @@ class Store:
             return found
         if isinstance(found, str):
             raise UnsupportedDtypeError(found)
-        some = _hdf5.first_datasets(self._file, _TMP_GROUP, 11)
+        some = _hdf5.first_datasets(self._file, _RESERVED, 11)
         names = ", ".join(repr(n) for n in some[:10]) + (", ..." if len(some) > 10 else "")
         raise ArrayNotFoundError(
             f"no dataset {name!r} in {self.path.name} (it holds {names or 'none'})"
@@ -601,12 +616,24 @@ class Store:
         :raises UnsupportedDtypeError: a dtype shmstore does not serve.
         :raises InvalidStoreError: the data cannot be read (damaged file, missing or
             truncated raw file).
+        :raises IntegrityError: the data do not match their checksums.
         """
         info, start, stop = self._resolve(name, rows)
         dataset = _hdf5.open_dataset(self._file, name)
         if info.layout == "external":
             check_external(dataset, info, self.path)
-        self._chunk_index(dataset, info, (start, stop), hdf5_reads=True)
+        index = self._chunk_index(dataset, info, (start, stop), hdf5_reads=True)
+        verifier = self._verifier(info, dataset)
+        if verifier is not None and index is not None:
+            from ._load import check_chunks
+
+            check_chunks(self.path, index, verifier, (start, stop), f"{info.name!r}")
+        elif verifier is not None:
+            # Read by shmstore, checked on the way in: HDF5 would not check.
+            out = new_empty((stop - start, *info.shape[1:]) if info.shape else (), info.dtype)
+            block = self._file_block(info, dataset, start, f"{self.path.name}:{name}", verifier)
+            read_block(block, memoryview(out.reshape(-1).view(np.uint8).data))
+            return out
         try:
             if not info.shape:
                 return np.asarray(dataset[()], dtype=info.dtype)
@@ -645,11 +672,93 @@ class Store:
             check_lookups(dataset, info, index, rows, what)
         return index
 
+    def _verifier(
+        self, info: ArrayInfo, dataset: h5py.Dataset, *, fresh: bool = False
+    ) -> Verifier | None:
+        """What checks *info*'s bytes as they load (read once per version); ``None``: unverified.
+
+        :raises IntegrityError: the checksums themselves are damaged.
+        """
+        key = (info.name, info.version, info.shape)
+        if not fresh and key in self._verifiers:
+            return self._verifiers[key]
+        if info.checksums is None:
+            found = None
+        else:
+            source = None if info.layout == "chunked" else source_block(dataset, info, self.path)
+            found = _sums.verifier(self._file, self.path, info, source, opened=self._opened())
+        self._verifiers[key] = found
+        return found
+
+    def _opened(self) -> int | None:
+        """The descriptor h5py reads the file through (``None``: a driver without one).
+
+        Reads by shmstore go through it, not the path: a store open across
+        a rename over its file keeps reading the file it opened, as HDF5 does.
+        """
+        try:
+            fd = self._file.id.get_vfd_handle()
+        except (OSError, RuntimeError, ValueError, TypeError):
+            return None
+        return fd if isinstance(fd, int) and fd >= 0 else None
+
+    def _file_block(
+        self,
+        info: ArrayInfo,
+        dataset: h5py.Dataset,
+        start: int,
+        what: str,
+        verifier: Verifier | None,
+    ) -> FileBlock:
+        """The bytes of rows ``[start, ...)`` of a contiguous or external dataset, as a block.
+
+        Data inside the HDF5 file are read through the descriptor h5py has
+        open (see :meth:`_opened`); a raw file by its path.
+        """
+        path, offset = source_block(dataset, info, self.path)
+        lo = start * info.row_nbytes
+        opened = self._opened() if path == self.path else None
+        return FileBlock(path if opened is None else opened, offset + lo, what, verifier, lo)
+
+    def verify(self, name: str, rows: object = None) -> int:
+        """Check rows *rows* of dataset *name* against their checksums, keeping nothing.
+
+        Reads the stored bytes (for chunked data, the stored chunks over the
+        rows, compressed as they are) and checks each checksum on them;
+        every load into the cache and every :meth:`read` does the same on
+        its way.  :meth:`memmap` cannot: a mapping is read by the page, not
+        by the range.
+
+        :returns: the bytes checked; 0 when the dataset has no checksums
+            (``info(name).verified`` is false: a dataset of another tool or
+            of format 1; :meth:`seal` records them).
+        :raises IntegrityError: a checksum does not match (the message names
+            the rows, bytes and file), or the checksums themselves are damaged.
+        :raises InvalidStoreError: the file or raw file is short or unreadable.
+        :raises ArrayNotFoundError, RowsError, UnsupportedDtypeError: as :meth:`read`.
+        """
+        info, start, stop = self._resolve(name, rows)
+        dataset = _hdf5.open_dataset(self._file, name)
+        verifier = self._verifier(info, dataset, fresh=True)
+        if verifier is None or stop == start:
+            return 0
+        what = f"{self.path.name}:{name}[{start}:{stop}]"
+        if info.layout == "chunked":
+            from ._load import check_chunks
+
+            index = self._chunk_index(dataset, info, (start, stop), hdf5_reads=False)
+            return check_chunks(self.path, index or {}, verifier, (start, stop), what)
+        block = self._file_block(info, dataset, start, what, verifier)
+        return check_block(block, (stop - start) * info.row_nbytes)
+
     def memmap(self, name: str, rows: object = None) -> np.ndarray[Any, Any]:
         """A read-only, zero-copy ``np.memmap`` of rows *rows* of dataset *name*.
 
         Only contiguous datasets (``write`` without chunks or compression, and
         appendable ones) can be mapped.  Zero rows give an empty read-only array.
+        The pages are read from the file as they are touched, so their
+        checksums are not checked: call :meth:`verify` first for the rows
+        you map (``view`` and ``read`` check on their own).
 
         :raises NotContiguousError: the dataset is chunked, compressed, compact or virtual.
         :raises LayoutError: its storage is not allocated (never written).
@@ -766,19 +875,26 @@ class Store:
 
     def _block_fill(self, info: ArrayInfo, lo: int, hi: int) -> Fill:
         """How to load the bytes ``[lo, hi)`` of dataset *info* into a block."""
-        from ._fill import FileBlock
-        from ._load import block_filler
+        from ._load import block_filler, check_chunks
 
         row = info.row_nbytes
         first, last = lo // row, -(-hi // row)
         what = f"{self.path.name}:{info.name}[{first}:{last}]"
         dataset = _hdf5.open_dataset(self._file, info.name)
+        verifier = self._verifier(info, dataset)
         try:
             path, offset = source_block(dataset, info, self.path)
-            return FileBlock(path, offset + lo, what)
+            return FileBlock(path, offset + lo, what, verifier, lo)
         except LayoutError:  # chunked, or never written: decoded here, or by HDF5
             pass
         index = self._chunk_index(dataset, info, (first, last), hdf5_reads=False)
+
+        def check_hdf5(a: int, b: int) -> None:
+            """Before HDF5 reads rows (what shmstore cannot decode): check its lookups."""
+            self._chunk_index(dataset, info, (a, b), hdf5_reads=True)
+            if verifier is not None and index is not None:
+                check_chunks(self.path, index, verifier, (a, b), what)
+
         return block_filler(
             dataset,
             info,
@@ -787,8 +903,8 @@ class Store:
             path=self.path,
             what=what,
             index=index,
-            # Before HDF5 reads rows (what shmstore cannot decode): check its lookups.
-            check_hdf5=lambda a, b: self._chunk_index(dataset, info, (a, b), hdf5_reads=True),
+            check_hdf5=check_hdf5,
+            verifier=verifier,
         )
 
     def _shared(
@@ -1172,26 +1288,31 @@ class Store:
             with self._change():
                 temporary = self._trash_name()
                 if raw_name is not None:
-                    self._write_external(name, temporary, arr, raw_name)
+                    data = self._write_external(name, temporary, arr, raw_name)
                 else:
-                    self._write_h5(temporary, arr, chunks, compression, appendable)
+                    data = self._write_h5(temporary, arr, chunks, compression, appendable)
                 described = self._describe(temporary, version, strict=True)
                 if isinstance(described, str):
                     raise InvalidStoreError(
                         f"the dataset written for {name!r} is unreadable: {described}"
                     )
                 dataset = _hdf5.open_dataset(self._file, temporary)
+                checksums = _sums.for_written(
+                    self._file, dataset, data, appendable=appendable, threads=worker_count()
+                )
                 info = described.model_copy(
                     update={
                         "name": name,
                         "generation": _metadata.new_generation(),
                         "chunk_digest": _chunk_digest(dataset),
+                        "checksums": checksums,
                     }
                 )
                 # The record goes with the dataset: it is whole before the name is.
                 _metadata.write_record(self._file, dataset, _metadata.record_of(info), flush=False)
                 _metadata.write_store_record(self._file)
                 if exists:
+                    self._trash_checksums(name)
                     self._file.move(name, self._trash_name())
                 self._file.move(temporary, name)
                 self._format = FORMAT_VERSION
@@ -1202,6 +1323,16 @@ class Store:
         self._known[name] = info
         self._after_change(trashed=exists)
         return info
+
+    def _trash_checksums(self, name: str) -> None:
+        """Move the hidden checksums of dataset *name* to the trash (it goes there too)."""
+        try:
+            record = _metadata.read_record(_hdf5.open_dataset(self._file, name), repr(name))
+        except (ManifestError, OSError, RuntimeError, ValueError, KeyError):
+            return  # a damaged record: its checksums, if any, stay unreferenced
+        checksums = record.checksums if record is not None else None
+        if checksums is not None and checksums.location in self._file:
+            self._file.move(checksums.location, self._trash_name())
 
     def _check_parents(self, name: str) -> None:
         parts = name.split("/")
@@ -1245,7 +1376,7 @@ class Store:
 
     def _write_external(
         self, name: str, temporary: str, arr: np.ndarray[Any, Any], raw_name: str
-    ) -> None:
+    ) -> np.ndarray[Any, Any]:
         group = self._file.require_group(_TMP_GROUP)
         data = np.ascontiguousarray(arr)
         if self._journaled is not None:  # a rollback of the change removes the file
@@ -1254,6 +1385,7 @@ class Store:
         if self.durable:
             fsync_dir(_raw.raw_dir(self.path))  # the raw file's name
         _hdf5.create_external(group, temporary.rsplit("/", 1)[1], data.dtype, data.shape, raw_name)
+        return data
 
     def _write_h5(
         self,
@@ -1262,7 +1394,8 @@ class Store:
         chunks: object,
         compression: object,
         appendable: bool,
-    ) -> None:
+    ) -> np.ndarray[Any, Any]:
+        """Create dataset *temporary* from *arr*; the bytes given to HDF5 (C order)."""
         options: dict[str, Any] = {}
         if isinstance(compression, Mapping):
             options.update(compression)
@@ -1275,13 +1408,15 @@ class Store:
             options.setdefault("chunks", True)
         try:
             # Unicode and datetimes go to h5py tagged as opaque (_hdf5.storage_dtype).
-            data = _hdf5.as_stored(arr)
+            # C order once, here: HDF5 and the checksums read the same bytes.
+            data = np.ascontiguousarray(_hdf5.as_stored(arr))
             self._file.create_dataset(temporary, data=data, dtype=data.dtype, **options)
         except (ValueError, TypeError, OSError) as err:
             raise ArgumentError(
                 f"cannot create a dataset with chunks={chunks!r}, compression={compression!r}: "
                 f"{err}"
             ) from err
+        return data
 
     def append(self, name: str, rows: object) -> ArrayInfo:
         """Add *rows* at the end of axis 0 of dataset *name*, creating it if absent.
@@ -1337,30 +1472,62 @@ class Store:
                 "generation": info.generation or _metadata.new_generation(),
             }
         )
-        # Rows and extent of a raw file, and a record of the same size, are
-        # rewritten in place in a crash-safe order.  Growing a chunked
-        # dataset adds chunks to its index (B-tree nodes split and move), and
-        # a new or larger record allocates header space; a kill can leave
-        # either half flushed: journaled.
+        checksums = info.checksums
+        what = f"{name!r} in {self.path}"
+        begin = old * info.row_nbytes
+        # Checksums of ranges grow only from where they end: rows another
+        # tool added would leave a gap (they stay unverified, until seal).
+        extend = checksums is not None and (
+            checksums.per == "chunk" or _sums.ends_at(self._file, self.path, checksums, begin, what)
+        )
+        # Rows and extent of a raw file, their checksums in the room left
+        # for them, and a record of the same size, are rewritten in place in
+        # a crash-safe order.  Growing a chunked dataset adds chunks to its
+        # index (B-tree nodes split and move), and a new or larger record or
+        # table of checksums allocates space; a kill can leave either half
+        # flushed: journaled.
         in_place = (
             info.layout == "external"
             and self._format == FORMAT_VERSION
             and _metadata.fits(_hdf5.open_dataset(self._file, name), _metadata.record_of(grown))
+            and not (
+                extend
+                and checksums is not None
+                and not _sums.fits_in_place(self._file, checksums, data.nbytes, begin, what)
+            )
         )
         with nullcontext() if in_place else self._change():
             dataset = _hdf5.open_dataset(self._file, name)
             if info.layout == "external":
-                # Rows first, extent second: the extent never covers unwritten bytes.
+                # Rows first, then their checksums, extent last: the extent
+                # never covers unwritten bytes or bytes without checksums.
                 raw = data.reshape(-1).view(np.uint8)
                 done = 0
                 for raw_path, offset, length in spans:  # the rows may run on into the next file
                     self._write_raw(raw_path, offset, raw[done : done + length], name)
                     done += length
+                if extend and checksums is not None:
+                    checksums = _sums.extend_ranges(
+                        self._file,
+                        self.path,
+                        checksums,
+                        data,
+                        begin,
+                        journaled=not in_place,
+                        threads=worker_count(),
+                        what=what,
+                    )
                 dataset.id.set_extent((new, *info.shape[1:]))
             else:
                 dataset.resize(new, axis=0)
                 dataset[old:new] = _hdf5.as_stored(data)
+                self._file.flush()
+                if checksums is not None:
+                    checksums = _sums.extend_chunks(
+                        self._file, self.path, dataset, checksums, old, what=what
+                    )
                 grown = grown.model_copy(update={"chunk_digest": _chunk_digest(dataset)})
+            grown = grown.model_copy(update={"checksums": checksums})
             self._file.flush()
             _metadata.write_record(self._file, dataset, _metadata.record_of(grown), flush=in_place)
             if not in_place:
@@ -1381,9 +1548,82 @@ class Store:
             self.info(name)
         with self._change():
             if _hdf5.is_dataset(self._file, name):
+                self._trash_checksums(name)
                 self._file.move(name, self._trash_name())
         self._known.pop(name, None)
         self._after_change(trashed=True)
+
+    def seal(self, *names: str) -> list[ArrayInfo]:
+        """Record checksums of the data datasets *names* hold now (every one when none given).
+
+        For datasets written without checksums (by another tool, or by
+        shmstore 0.1.0), and again after another tool changed a dataset on
+        purpose: from then on every load and :meth:`read` checks them.  The
+        data are read once (chunked data: the stored chunks, not decoded).
+        Runs under the writer lock, as one journaled change.  Compact and
+        virtual datasets have no bytes of their own to check: named, they
+        raise; otherwise they are skipped, as are datasets shmstore does not
+        serve.
+
+        :returns: the sealed datasets' :class:`ArrayInfo`.
+        :raises ReadOnlyError: the store is open read-only.
+        :raises ArrayNotFoundError: a name that is not a dataset.
+        :raises LayoutError: a named dataset is compact or virtual.
+        :raises InvalidStoreError: the data cannot be read (truncated file).
+        """
+        self._check_writable("seal " + (", ".join(map(repr, names)) or "the datasets"))
+        chosen: list[ArrayInfo] = []
+        for name in names or self.names():
+            if names:
+                info = self.info(name)
+            else:
+                found = self._lookup(name)
+                if not isinstance(found, ArrayInfo):
+                    continue
+                info = found
+            if info.layout in ("compact", "virtual"):
+                if names:
+                    raise LayoutError(
+                        f"{name!r} is stored {info.layout}: it has no bytes of its own to "
+                        "check; rewrite it with store.write(name, data, overwrite=True)"
+                    )
+                continue
+            chosen.append(info)
+        if not chosen:
+            return []
+        self._reopen_writable()
+        sealed = []
+        with self._change():
+            for info in chosen:
+                dataset = _hdf5.open_dataset(self._file, info.name)
+                source = (
+                    None if info.layout == "chunked" else source_block(dataset, info, self.path)
+                )
+                self._trash_checksums(info.name)
+                checksums = _sums.for_stored(
+                    self._file,
+                    dataset,
+                    source,
+                    info.nbytes,
+                    appendable=info.appendable,
+                    threads=worker_count(),
+                )
+                done = info.model_copy(
+                    update={
+                        "checksums": checksums,
+                        "generation": info.generation or _metadata.new_generation(),
+                        "version": _metadata.next_version(info.version),
+                        "chunk_digest": _chunk_digest(dataset),
+                    }
+                )
+                _metadata.write_record(self._file, dataset, _metadata.record_of(done), flush=False)
+                sealed.append(done)
+            _metadata.write_store_record(self._file)
+            self._format = FORMAT_VERSION
+        for done in sealed:
+            self._known[done.name] = done
+        self._after_change(trashed=True)
+        return sealed
 
 
 def open_store(

@@ -12,6 +12,7 @@ __all__ = [
     "ArgumentError",
     "ArrayNotFoundError",
     "CacheFullError",
+    "IntegrityError",
     "InvalidStoreError",
     "LayoutError",
     "LockTimeoutError",
@@ -57,6 +58,14 @@ class StoreNotFoundError(ShmStoreError, FileNotFoundError):
 
 class InvalidStoreError(ShmStoreError, OSError):
     """The file is not HDF5, is truncated, or is damaged."""
+
+
+class IntegrityError(InvalidStoreError):
+    """Stored data do not match the checksums recorded when they were written.
+
+    Raised before the data reach a caller or the cache: the message names
+    the file, the dataset, the rows and the byte range affected.
+    """
 
 
 class ManifestError(ShmStoreError, ValueError):

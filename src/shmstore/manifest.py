@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
 
 from ._dtype import DType
 
@@ -28,6 +28,7 @@ __all__ = [
     "RECORD_FORMAT",
     "STORE_FORMAT",
     "ArrayInfo",
+    "Checksums",
     "DatasetRecord",
     "Layout",
     "Manifest",
@@ -59,6 +60,36 @@ _Name = Annotated[str, Field(min_length=1)]
 _Generation = Annotated[str, Field(pattern=r"^[0-9a-f]{16,64}$")]
 
 
+class Checksums(BaseModel):
+    """Where a dataset's checksums are, and what they cover.
+
+    ``per="range"`` (contiguous and appendable data): a CRC32C of every
+    range of ``range_nbytes`` bytes of the data, in C order, cut also where
+    an append began; ``per="chunk"`` (chunked data): a CRC32C of every
+    stored chunk's bytes as they lie in the file (compressed, if it is).
+    ``count`` checksums are in the hidden dataset ``location`` of the same
+    file (fewer valid ones there means it is damaged), verified on every load into the cache and every ``read``
+    (``docs/design.md``, "Checksums").
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    algorithm: Literal["crc32c"] = "crc32c"
+    per: Literal["range", "chunk"]
+    range_nbytes: PositiveInt | None = None
+    count: NonNegativeInt = 0
+    location: Annotated[str, Field(pattern=r"^\.shmstore_sums/[0-9a-f]{16,64}$")]
+
+    @model_validator(mode="after")
+    def _range_for_ranges(self) -> Checksums:
+        if (self.range_nbytes is None) == (self.per == "range"):
+            raise ValueError(
+                f"checksums per range need range_nbytes and only they have it (per "
+                f"{self.per!r}, range_nbytes {self.range_nbytes})"
+            )
+        return self
+
+
 class _Stored(BaseModel):
     """The description of a dataset's data, shared by records and infos."""
 
@@ -75,6 +106,7 @@ class _Stored(BaseModel):
     generation: _Generation | None = None
     data_offset: NonNegativeInt | None = None
     chunk_digest: str | None = None
+    checksums: Checksums | None = None
 
     @model_validator(mode="after")
     def _chunks_match_layout(self) -> _Stored:
@@ -106,7 +138,9 @@ class ArrayInfo(_Stored):
     and a damaged header that points elsewhere is refused instead of read.
     ``chunk_digest`` does the same for the chunk index of a chunked dataset
     shmstore wrote: a digest of every chunk's coordinates, byte offset, size
-    and filter mask.
+    and filter mask.  ``checksums`` says where the checksums of the data
+    are (:class:`Checksums`); ``None``: the data load unverified (a dataset
+    of another tool, or of format 1, until ``Store.seal``).
     """
 
     name: _Name
@@ -125,6 +159,11 @@ class ArrayInfo(_Stored):
     def row_nbytes(self) -> int:
         """Size of one row in bytes."""
         return math.prod(self.shape[1:]) * self.dtype.itemsize
+
+    @property
+    def verified(self) -> bool:
+        """True when the data have checksums, verified on every load and ``read``."""
+        return self.checksums is not None
 
     @property
     def memory_mappable(self) -> bool:
