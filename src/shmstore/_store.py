@@ -66,7 +66,7 @@ from .errors import (
     StoreNotFoundError,
     UnsupportedDtypeError,
 )
-from .manifest import FORMAT_VERSION, ArrayInfo, Checksums, Manifest
+from .manifest import FORMAT_VERSION, ArrayInfo, Manifest
 
 if TYPE_CHECKING:
     from ._cache import Cache
@@ -1475,37 +1475,13 @@ class Store:
         checksums = info.checksums
         what = f"{name!r} in {self.path}"
         begin = old * info.row_nbytes
-        # Checksums of ranges grow only from where they end: rows another
-        # tool added would leave a gap (they stay unverified, until seal).
-        extend = checksums is not None and (
-            checksums.per == "chunk" or _sums.ends_at(self._file, self.path, checksums, begin, what)
-        )
-        # Rows and extent of a raw file, their checksums in the room left
-        # for them, and a record of the same size, are rewritten in place in
-        # a crash-safe order.  Growing a chunked dataset adds chunks to its
-        # index (B-tree nodes split and move), and a new or larger record or
-        # table of checksums allocates space; a kill can leave either half
-        # flushed: journaled.
-        in_place = (
-            info.layout == "external"
-            and self._format == FORMAT_VERSION
-            and _metadata.fits(_hdf5.open_dataset(self._file, name), _metadata.record_of(grown))
-            and not (
-                extend
-                and checksums is not None
-                and not _sums.fits_in_place(self._file, checksums, data.nbytes, begin, what)
-            )
-        )
+        extend, in_place = self._append_plan(info, grown, data.nbytes)
         with nullcontext() if in_place else self._change():
             dataset = _hdf5.open_dataset(self._file, name)
             if info.layout == "external":
                 # Rows first, then their checksums, extent last: the extent
                 # never covers unwritten bytes or bytes without checksums.
-                raw = data.reshape(-1).view(np.uint8)
-                done = 0
-                for raw_path, offset, length in spans:  # the rows may run on into the next file
-                    self._write_raw(raw_path, offset, raw[done : done + length], name)
-                    done += length
+                self._append_raw(spans, data, name)
                 if extend and checksums is not None:
                     checksums = _sums.extend_ranges(
                         self._file,
@@ -1536,6 +1512,46 @@ class Store:
         self._known[name] = grown
         self._touch()
         return grown
+
+    def _append_plan(self, info: ArrayInfo, grown: ArrayInfo, nbytes: int) -> tuple[bool, bool]:
+        """Whether an append of *nbytes* to *info* extends its checksums, and runs in place."""
+        checksums = info.checksums
+        what = f"{info.name!r} in {self.path}"
+        begin = info.nbytes
+        # Checksums of ranges grow only from where they end: rows another
+        # tool added would leave a gap (they stay unverified, until seal).
+        extend = checksums is not None and (
+            checksums.per == "chunk" or _sums.ends_at(self._file, self.path, checksums, begin, what)
+        )
+        # Rows and extent of a raw file, their checksums in the room left
+        # for them, and a record of the same size, are rewritten in place in
+        # a crash-safe order.  Growing a chunked dataset adds chunks to its
+        # index (B-tree nodes split and move), and a new or larger record or
+        # table of checksums allocates space; a kill can leave either half
+        # flushed: journaled.
+        in_place = (
+            info.layout == "external"
+            and self._format == FORMAT_VERSION
+            and _metadata.fits(
+                _hdf5.open_dataset(self._file, info.name), _metadata.record_of(grown)
+            )
+            and not (
+                extend
+                and checksums is not None
+                and not _sums.fits_in_place(self._file, checksums, nbytes, begin, what)
+            )
+        )
+        return extend, in_place
+
+    def _append_raw(
+        self, spans: list[tuple[Path, int, int]], data: np.ndarray[Any, Any], name: str
+    ) -> None:
+        """Write appended rows *data* into the raw file spans *spans* (they may run on)."""
+        raw = data.reshape(-1).view(np.uint8)
+        done = 0
+        for raw_path, offset, length in spans:
+            self._write_raw(raw_path, offset, raw[done : done + length], name)
+            done += length
 
     def delete(self, name: str) -> None:
         """Remove dataset *name* (and its raw file, if it has one).

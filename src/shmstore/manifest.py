@@ -68,8 +68,8 @@ class Checksums(BaseModel):
     an append began; ``per="chunk"`` (chunked data): a CRC32C of every
     stored chunk's bytes as they lie in the file (compressed, if it is).
     ``count`` checksums are in the hidden dataset ``location`` of the same
-    file (fewer valid ones there means it is damaged), verified on every load into the cache and every ``read``
-    (``docs/design.md``, "Checksums").
+    file (fewer valid ones there means it is damaged), verified on every
+    load into the cache and every ``read`` (``docs/design.md``, "Checksums").
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
