@@ -420,12 +420,12 @@ class Store:
             return described
         info = check_record(stored, described, str(self.path))
         if info.shape != stored.shape and self.writable:
-            self._repair(info)
+            info = self._repair(info)
         self._known[name] = info
         return info
 
-    def _repair(self, info: ArrayInfo) -> None:
-        """Record the rows of an append whose writer died (they are complete).
+    def _repair(self, info: ArrayInfo) -> ArrayInfo:
+        """Record the rows of an append whose writer died (they are complete); the record.
 
         Their checksums were written before the extent grew: they are counted now.
         """
@@ -439,6 +439,7 @@ class Store:
             )
         self._store_record(info)
         self._touch()
+        return info
 
     def _tidy(self) -> None:
         """Free what a killed writer left: trashed datasets and their raw files.
@@ -729,7 +730,9 @@ class Store:
         its way.  :meth:`memmap` cannot: a mapping is read by the page, not
         by the range.
 
-        :returns: the bytes checked; 0 when the dataset has no checksums
+        :returns: the bytes of the rows that were checked (the rest of a checksum's
+            range is read too; chunked data: the stored bytes of the chunks
+            checked); 0 when the dataset has no checksums
             (``info(name).verified`` is false: a dataset of another tool or
             of format 1; :meth:`seal` records them).
         :raises IntegrityError: a checksum does not match (the message names

@@ -131,10 +131,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = command(
         "validate",
         "check FILE: it opens, its manifest is valid against the schema and agrees with the "
-        "datasets, both stored copies of it are valid, and every dataset reads; exit 1 on "
-        "any problem",
+        "datasets, both stored copies of it are valid, and every dataset reads, matching "
+        "its checksums; exit 1 on any problem",
         "path; valid; problems [one sentence each]; datasets (how many); inferred (no "
-        "manifest in the file). Datasets shmstore does not serve are no problem of the "
+        "manifest in the file); unverified [names of datasets without checksums: `shmstore "
+        "seal` records them]. Datasets shmstore does not serve are no problem of the "
         "file: `shmstore info --json` lists them.",
         "_store_cmds.validate",
     )
@@ -142,8 +143,21 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--full",
         action="store_true",
-        help="read every row of every dataset (default: the first and last rows of each)",
+        help="read every row of every dataset and check every checksum (default: the first "
+        "and last rows of each, and the checksums over them)",
     )
+
+    sub = command(
+        "seal",
+        "record checksums of the data of FILE's datasets NAME... (every one when none is "
+        "given) as they are now: for files written by other tools or by shmstore 0.1.0, and "
+        "after another tool changed a dataset on purpose; from then on every load and read "
+        "checks them",
+        "path; sealed [{name, per (range or chunk), count (checksums), nbytes}]; seconds.",
+        "_store_cmds.seal",
+    )
+    sub.add_argument("file", metavar="FILE", help="the HDF5 file (opened for writing)")
+    sub.add_argument("names", nargs="*", metavar="NAME", help="datasets (default: every one)")
 
     sub = command(
         "put",

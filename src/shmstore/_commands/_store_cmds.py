@@ -21,7 +21,7 @@ from ..errors import (
 from ..manifest import ArrayInfo
 from ._format import count, emit_json, human_bytes, table
 
-__all__ = ["info", "parse_rows", "preload", "put", "validate"]
+__all__ = ["info", "parse_rows", "preload", "put", "seal", "validate"]
 
 _READ_BLOCK = 64 << 20
 """Bytes per read of ``validate --full``: every row is read, never all at once."""
@@ -51,10 +51,19 @@ def parse_rows(text: str | None) -> tuple[int | None, int | None] | None:
 
 
 def _describe(info: ArrayInfo) -> dict[str, Any]:
-    """*info* as ``Store.info`` reports it (``model_dump(mode="json")``), plus ``nbytes``."""
+    """*info* as ``Store.info`` reports it (``model_dump(mode="json")``), plus ``nbytes``
+    and ``verified``."""
     document = info.model_dump(mode="json")
     document["nbytes"] = info.nbytes
+    document["verified"] = info.verified
     return document
+
+
+def _checks(info: ArrayInfo) -> str:
+    """What checks *info*'s data on every load, in a word or two."""
+    if info.checksums is None:
+        return "unverified"
+    return f"crc32c/{info.checksums.per}"
 
 
 def _dims(shape: tuple[int, ...] | None) -> str:
@@ -121,13 +130,24 @@ def info(args: argparse.Namespace) -> int:
                 (a.compression or "-")
                 + (f":{a.compression_opts}" if a.compression_opts is not None else ""),
                 human_bytes(a.nbytes),
+                _checks(a),
                 a.version,
             )
             for a in shown
         ]
         print(
             table(
-                ("name", "shape", "dtype", "layout", "chunks", "compression", "size", "version"),
+                (
+                    "name",
+                    "shape",
+                    "dtype",
+                    "layout",
+                    "chunks",
+                    "compression",
+                    "size",
+                    "checks",
+                    "version",
+                ),
                 rows,
             )
         )
@@ -136,6 +156,12 @@ def info(args: argparse.Namespace) -> int:
             f"... and {len(arrays) - len(shown)} more datasets "
             f"({human_bytes(sum(a.nbytes for a in arrays[len(shown) :]))}): --all lists "
             "every one, --json prints them for a script"
+        )
+    unverified = [a.name for a in arrays if not a.verified]
+    if unverified:
+        print(
+            f"unverified: {count(len(unverified), 'dataset')} without checksums load "
+            f"unchecked: `shmstore seal {args.file}` records them"
         )
     for name, why in unsupported.items():
         print(f"not served: {name}: {why}")
@@ -194,6 +220,7 @@ def validate(args: argparse.Namespace) -> int:
                 "problems": problems,
                 "datasets": len(arrays) if arrays is not None else None,
                 "inferred": inferred,
+                "unverified": [a.name for a in arrays or () if not a.verified],
             }
         )
     elif ok and arrays is not None:
@@ -203,8 +230,14 @@ def validate(args: argparse.Namespace) -> int:
             else "valid, both copies, in agreement with the datasets"
         )
         extent = "every row" if args.full else "first and last rows"
+        unverified = sum(not a.verified for a in arrays)
+        checked = (
+            "checksums match"
+            if not unverified
+            else f"{unverified} without checksums: `shmstore seal {args.file}` records them"
+        )
         print(
-            f"{args.file}: OK: {count(len(arrays), 'dataset')} readable ({extent}); "
+            f"{args.file}: OK: {count(len(arrays), 'dataset')} readable ({extent}; {checked}); "
             f"manifest {origin}"
         )
     else:
@@ -255,6 +288,41 @@ def put(args: argparse.Namespace) -> int:
             f"{', appendable' if written.appendable else ''}) into {args.file} "
             f"in {seconds:.2f} s"
         )
+    return 0
+
+
+def seal(args: argparse.Namespace) -> int:
+    """Record checksums of the data of FILE's datasets NAMES (every one when none given)."""
+    started = time.monotonic()
+    with open_store(args.file, "r+") as store:
+        sealed = store.seal(*args.names)
+        path = store.path
+    seconds = time.monotonic() - started
+    if args.json:
+        emit_json(
+            {
+                "path": str(path),
+                "sealed": [
+                    {
+                        "name": a.name,
+                        "per": a.checksums.per if a.checksums else None,
+                        "count": a.checksums.count if a.checksums else 0,
+                        "nbytes": a.nbytes,
+                    }
+                    for a in sealed
+                ],
+                "seconds": seconds,
+            }
+        )
+        return 0
+    print(
+        f"sealed {count(len(sealed), 'dataset')} of {args.file} "
+        f"({human_bytes(sum(a.nbytes for a in sealed))} read) in {seconds:.2f} s: "
+        "every load and read checks them from now on"
+    )
+    for a in sealed:
+        if a.checksums is not None:
+            print(f"  {a.name}: {count(a.checksums.count, 'checksum')} per {a.checksums.per}")
     return 0
 
 
