@@ -9,6 +9,7 @@ ranges straddle a block's edge and the loader reads the rest of the range.
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 from pathlib import Path
@@ -131,7 +132,8 @@ def test_appends_past_the_room_for_checksums_move_them_and_all_still_verify(
         for i in range(1, len(rows)):  # one range per append: the room (64) runs out
             store.append("x", rows[i : i + 1])
         info = store.info("x")
-        assert info.checksums is not None and first.checksums is not None
+        assert info.checksums is not None
+        assert first.checksums is not None
         assert info.checksums.location != first.checksums.location
         assert info.checksums.count == len(rows)
         assert store.verify("x") == rows.nbytes
@@ -171,7 +173,8 @@ def test_a_flipped_byte_in_contiguous_data_fails_a_shared_view_and_caches_nothin
         with pytest.raises(IntegrityError) as caught, store.view("x", mode="shared"):
             pass
         message = str(caught.value)
-        assert "'x'" in message and str(store_path) in message
+        assert "'x'" in message
+        assert str(store_path) in message
         assert f"bytes {_data_offset(store_path, 'x') + 2 * MIB}:" in message
         assert f"rows {2 * MIB // 24}:" in message
         assert "shmstore seal" in message
@@ -276,7 +279,8 @@ def test_integrity_error_is_an_invalid_store_error_and_pickles() -> None:
     assert isinstance(err, shmstore.InvalidStoreError)
     assert isinstance(err, OSError)
     again = pickle.loads(pickle.dumps(err))
-    assert type(again) is IntegrityError and str(again) == str(err)
+    assert type(again) is IntegrityError
+    assert str(again) == str(err)
 
 
 # -- no false alarm ----------------------------------------------------------------------------
@@ -291,13 +295,14 @@ def test_integrity_error_is_an_invalid_store_error_and_pickles() -> None:
 )
 def test_intact_data_always_pass_their_checksums_through_every_path(
     tmp_path_factory: pytest.TempPathFactory,
+    *,
     width: int,
     rows: int,
     layout: str,
     windows: list[tuple[float, float]],
     pieces: int,
 ) -> None:
-    """Rows of 8 B to 5.6 KB over ranges, blocks and appends that cut rows anywhere."""
+    """Rows of 1 to 700 bytes over ranges, blocks and appends that cut rows anywhere."""
     directory = tmp_path_factory.mktemp("intact")
     path = directory / "x.h5"
     data = np.random.default_rng(rows * width).integers(0, 255, (rows, width), dtype="u1")
@@ -306,7 +311,7 @@ def test_intact_data_always_pass_their_checksums_through_every_path(
         if layout == "appendable":
             cuts = np.linspace(0, rows, pieces + 1).astype(int)
             store.write("x", data[: cuts[1]], appendable=True)
-            for lo, hi in zip(cuts[1:-1], cuts[2:], strict=True):
+            for lo, hi in itertools.pairwise(cuts[1:]):
                 store.append("x", data[lo:hi])
         else:
             store.write(
@@ -408,7 +413,8 @@ def test_a_format_1_store_loads_unverified_and_can_be_sealed(tmp_path: Path) -> 
     path = tmp_path / "format1.h5"
     with shmstore.open(path, "a") as store:
         names = [n for n in store.names() if _served(store, n)]
-        assert names and not any(store.info(n).verified for n in names)
+        assert names
+        assert not any(store.info(n).verified for n in names)
         store.seal(*names)
         assert all(store.info(n).verified for n in names)
         assert all(store.verify(n) >= 0 for n in names)
