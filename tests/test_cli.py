@@ -89,6 +89,7 @@ def test_validate_passes_a_good_store(store_file: Path) -> None:
         "problems": [],
         "datasets": 3,
         "inferred": False,
+        "unverified": [],
     }
 
 

@@ -398,3 +398,61 @@ def test_demo_stops_cleanly_on_ctrl_c_while_its_workers_run(tmp_path: Path) -> N
     assert rest.strip().splitlines()[-1] == "shmstore: interrupted"
     assert list(tmp_path.iterdir()) == []
     assert {p.name for p in Path("/dev/shm").glob("shmstore-demo-cache-*")} <= before
+
+
+# -- checksums: info, validate, seal ----------------------------------------------------------
+
+
+@pytest.fixture
+def foreign_file(tmp_path: Path) -> Path:
+    path = tmp_path / "foreign.h5"
+    with h5py.File(path, "w") as f:
+        f["a"] = np.arange(1_000.0)
+        f.create_dataset("b", data=np.ones((1_000, 4)), chunks=(100, 4), compression="gzip")
+    return path
+
+
+def test_info_says_which_datasets_load_unverified_and_how_to_seal_them(foreign_file: Path) -> None:
+    done = run("info", str(foreign_file))
+    assert done.returncode == 0
+    assert "unverified" in done.stdout
+    assert f"shmstore seal {foreign_file}" in done.stdout
+    assert all(d["checksums"] is None for d in run_json("info", str(foreign_file))["datasets"])
+
+
+def test_seal_records_checksums_and_info_then_names_them(foreign_file: Path) -> None:
+    sealed = run_json("seal", str(foreign_file))["sealed"]
+    assert {(s["name"], s["per"]) for s in sealed} == {("a", "range"), ("b", "chunk")}
+    assert {s["name"]: s["count"] for s in sealed} == {"a": 1, "b": 10}
+    done = run("info", str(foreign_file))
+    assert "crc32c/range" in done.stdout
+    assert "crc32c/chunk" in done.stdout
+    assert "unverified" not in done.stdout
+
+
+def test_seal_of_one_name_leaves_the_others_unverified(foreign_file: Path) -> None:
+    run_json("seal", str(foreign_file), "b")
+    with shmstore.open(foreign_file) as store:
+        assert store.info("b").verified
+        assert not store.info("a").verified
+
+
+def test_validate_full_names_a_flipped_byte_and_exits_1(tmp_path: Path) -> None:
+    path = tmp_path / "flipped.h5"
+    with shmstore.open(path, "w") as store:
+        store.write("x", np.arange(300_000.0).reshape(-1, 3))
+    with h5py.File(path, "r") as f:
+        offset = f["x"].id.get_offset() + 1_500_000
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 1]))
+    assert run("validate", str(path)).returncode == 0  # the first and last rows are intact
+    done = run("validate", "--full", str(path), "--json")
+    assert done.returncode == 1
+    report = json.loads(done.stdout)
+    assert report["valid"] is False
+    (problem,) = report["problems"]
+    assert problem.startswith("x: rows ")
+    assert "do not match the checksum" in problem

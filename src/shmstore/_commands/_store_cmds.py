@@ -51,11 +51,12 @@ def parse_rows(text: str | None) -> tuple[int | None, int | None] | None:
 
 
 def _describe(info: ArrayInfo) -> dict[str, Any]:
-    """*info* as ``Store.info`` reports it (``model_dump(mode="json")``), plus ``nbytes``
-    and ``verified``."""
+    """*info* as ``Store.info`` reports it (``model_dump(mode="json")``), plus ``nbytes``.
+
+    ``checksums`` is ``null`` for data without them (``shmstore info`` says "unverified").
+    """
     document = info.model_dump(mode="json")
     document["nbytes"] = info.nbytes
-    document["verified"] = info.verified
     return document
 
 
