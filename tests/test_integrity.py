@@ -438,3 +438,18 @@ def test_an_interrupted_append_keeps_its_checksums_and_later_appends_extend_them
         store.append("x", data[200:300])
         assert store.verify("x") == 300 * 24
         np.testing.assert_array_equal(store.read("x"), data[:300])
+
+
+def test_seal_names_a_dataset_whose_bytes_lie_in_several_raw_files(tmp_path: Path) -> None:
+    path = tmp_path / "multi.h5"
+    for part in ("a.bin", "b.bin"):
+        np.arange(50, dtype="<f8").tofile(tmp_path / part)
+    with h5py.File(path, "w") as f:
+        f.create_dataset(
+            "x", shape=(100,), dtype="<f8", external=[("a.bin", 0, 400), ("b.bin", 0, 400)]
+        )
+        f["y"] = np.ones(3)
+    with shmstore.open(path, "a") as store:
+        with pytest.raises(shmstore.LayoutError, match="2 external files"):
+            store.seal("x")
+        assert [info.name for info in store.seal()] == ["y"]  # x is skipped

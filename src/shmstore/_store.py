@@ -1572,6 +1572,18 @@ class Store:
         self._known.pop(name, None)
         self._after_change(trashed=True)
 
+    def _unsealable(self, info: ArrayInfo) -> str | None:
+        """Why *info*'s data cannot have checksums, or ``None`` when they can."""
+        if info.layout in ("compact", "virtual"):
+            return f"is stored {info.layout}"
+        if info.layout == "external":
+            files = _hdf5.external_files(
+                _hdf5.open_dataset(self._file, info.name), self.path.parent
+            )
+            if len(files) != 1:
+                return f"is spread over {len(files)} external files"
+        return None
+
     def seal(self, *names: str) -> list[ArrayInfo]:
         """Record checksums of the data datasets *names* hold now (every one when none given).
 
@@ -1580,14 +1592,15 @@ class Store:
         purpose: from then on every load and :meth:`read` checks them.  The
         data are read once (chunked data: the stored chunks, not decoded).
         Runs under the writer lock, as one journaled change.  Compact and
-        virtual datasets have no bytes of their own to check: named, they
-        raise; otherwise they are skipped, as are datasets shmstore does not
-        serve.
+        virtual datasets, and external ones spread over several files,
+        cannot be checked where their bytes lie: named, they raise;
+        otherwise they are skipped, as are datasets shmstore does not serve.
 
         :returns: the sealed datasets' :class:`ArrayInfo`.
         :raises ReadOnlyError: the store is open read-only.
         :raises ArrayNotFoundError: a name that is not a dataset.
-        :raises LayoutError: a named dataset is compact or virtual.
+        :raises LayoutError: a named dataset is compact, virtual, or spread
+            over several external files.
         :raises InvalidStoreError: the data cannot be read (truncated file).
         """
         self._check_writable("seal " + (", ".join(map(repr, names)) or "the datasets"))
@@ -1600,11 +1613,12 @@ class Store:
                 if not isinstance(found, ArrayInfo):
                     continue
                 info = found
-            if info.layout in ("compact", "virtual"):
+            why = self._unsealable(info)
+            if why is not None:
                 if names:
                     raise LayoutError(
-                        f"{name!r} is stored {info.layout}: it has no bytes of its own to "
-                        "check; rewrite it with store.write(name, data, overwrite=True)"
+                        f"{name!r} {why}: its bytes cannot be checked where they lie; "
+                        "rewrite it with store.write(name, data, overwrite=True)"
                     )
                 continue
             chosen.append(info)
