@@ -20,8 +20,9 @@ next to nothing (RESULTS.md, item 11).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,8 +34,10 @@ from .errors import IntegrityError
 __all__ = [
     "ALGORITHM",
     "RANGE_NBYTES",
+    "Summing",
     "Sums",
     "Verifier",
+    "bytes_of",
     "chunk_entries",
     "chunk_number",
     "crc",
@@ -55,6 +58,11 @@ def crc(data: Any, value: int = 0) -> int:
     return int(crc32c.crc32c(data, value))
 
 
+def bytes_of(array: np.ndarray[Any, Any]) -> memoryview:
+    """The bytes of the C-contiguous *array* (any dtype, datetimes too) as a flat view."""
+    return memoryview(array.reshape(-1).view(np.uint8).data)
+
+
 def range_ends(begin: int, end: int, size: int) -> np.ndarray[Any, np.dtype[np.uint64]]:
     """Ends of the ranges over bytes ``[begin, end)``: every multiple of *size*, and *end*."""
     if end <= begin:
@@ -64,26 +72,47 @@ def range_ends(begin: int, end: int, size: int) -> np.ndarray[Any, np.dtype[np.u
 
 
 def range_entries(
-    data: memoryview, begin: int, size: int = RANGE_NBYTES, threads: int = 1
+    data: memoryview, begin: int, size: int = RANGE_NBYTES
 ) -> np.ndarray[Any, np.dtype[np.uint64]]:
-    """Checksum entries ``(end, crc)`` of the bytes *data*, which are bytes ``[begin, ...)``.
-
-    :param threads: threads to sum in (for *data* of 16 MiB or more).
-    """
+    """Checksum entries ``(end, crc)`` of the bytes *data*, which are bytes ``[begin, ...)``."""
     data = data.cast("B") if data.format != "B" or data.ndim != 1 else data
     ends = range_ends(begin, begin + len(data), size)
     starts = np.concatenate(([begin], ends[:-1])).astype(np.int64) - begin
     stops = ends.astype(np.int64) - begin
+    crcs = [crc(data[starts[i] : stops[i]]) for i in range(len(ends))]
+    return np.stack([ends, np.asarray(crcs, np.uint64)], axis=1).reshape(-1, 2)
 
-    def one(i: int) -> int:
-        return crc(data[starts[i] : stops[i]])
 
-    if threads > 1 and len(data) >= _THREADED:
-        with ThreadPoolExecutor(threads, thread_name_prefix="shmstore-sum") as pool:
-            crcs = list(pool.map(one, range(len(ends)), chunksize=16))
-    else:
-        crcs = [one(i) for i in range(len(ends))]
-    return np.stack([ends, np.asarray(crcs, np.uint64)], axis=1)
+class Summing:
+    """The checksums of the ranges of *data* (bytes ``[begin, ...)``), summed in threads
+    while the caller goes on: CRC32C releases the GIL, so a write of the same
+    bytes (``pwrite``, HDF5) runs beside it.  :meth:`entries` waits for them.
+
+    Buffers under 16 MiB are summed when :meth:`entries` is called.
+    """
+
+    def __init__(self, data: memoryview, begin: int, size: int = RANGE_NBYTES, threads: int = 1):
+        self._data, self._begin, self._size = data, begin, size
+        self._pool: ThreadPoolExecutor | None = None
+        self._parts: list[Future[np.ndarray[Any, np.dtype[np.uint64]]]] = []
+        if threads > 1 and len(data) >= _THREADED:
+            ends = range_ends(begin, begin + len(data), size)
+            cuts = np.linspace(0, len(ends), threads + 1).astype(int)
+            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="shmstore-sum")
+            for lo, hi in itertools.pairwise(cuts):
+                if hi > lo:
+                    first = int(ends[lo - 1]) if lo else begin
+                    part = data[first - begin : int(ends[hi - 1]) - begin]
+                    self._parts.append(self._pool.submit(range_entries, part, first, size))
+
+    def entries(self) -> np.ndarray[Any, np.dtype[np.uint64]]:
+        """The entries ``(end, crc)``, once every thread is done."""
+        if self._pool is None:
+            return range_entries(self._data, self._begin, self._size)
+        try:
+            return np.concatenate([part.result() for part in self._parts]).reshape(-1, 2)
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def chunk_number(origin: Sequence[int], chunks: Sequence[int], shape: Sequence[int]) -> int:

@@ -46,6 +46,7 @@ from ._dtype import empty as new_empty
 from ._durable import durable_from_env, fsync_dir, fsync_file
 from ._fill import FileBlock, check_block, read_block, worker_count
 from ._format1 import BACKUP_ATTR, MANIFEST_ATTR, copy_problems, read_manifest
+from ._integrity import RANGE_NBYTES, Summing, bytes_of
 from ._journal import JournalingFile, journal_path, rollback
 from ._memmap import check_external, map_rows, source_block
 from ._reconcile import check_record
@@ -1283,26 +1284,31 @@ class Store:
                 "it, or append() to add rows"
             )
         self._check_parents(name)
-        external = appendable and chunks is None and compression is None
+        ranges = chunks is None and compression is None  # contiguous: checksums per range
+        external = appendable and ranges
         raw_name = self._new_raw_name(name) if external else None
+        summing = None
+        if ranges and not external:
+            # Summed from the caller's bytes, in threads beside HDF5's write.
+            arr = np.ascontiguousarray(arr)
+            summing = Summing(bytes_of(arr), 0, threads=worker_count())
         previous = self._known.get(name)
         version = _metadata.next_version(previous.version if isinstance(previous, ArrayInfo) else 0)
         try:
             with self._change():
                 temporary = self._trash_name()
                 if raw_name is not None:
-                    data = self._write_external(name, temporary, arr, raw_name)
+                    entries = self._write_external(name, temporary, arr, raw_name)
                 else:
-                    data = self._write_h5(temporary, arr, chunks, compression, appendable)
+                    self._write_h5(temporary, arr, chunks, compression, appendable)
+                    entries = summing.entries() if summing is not None else None
                 described = self._describe(temporary, version, strict=True)
                 if isinstance(described, str):
                     raise InvalidStoreError(
                         f"the dataset written for {name!r} is unreadable: {described}"
                     )
                 dataset = _hdf5.open_dataset(self._file, temporary)
-                checksums = _sums.for_written(
-                    self._file, dataset, data, appendable=appendable, threads=worker_count()
-                )
+                checksums = _sums.for_written(self._file, dataset, entries, appendable=appendable)
                 info = described.model_copy(
                     update={
                         "name": name,
@@ -1359,14 +1365,23 @@ class Store:
                 f"move what is in the way of {_raw.raw_dir(self.path)}"
             ) from err
 
-    def _write_raw(self, path: Path, offset: int, data: np.ndarray[Any, Any], name: str) -> None:
+    def _write_raw(
+        self,
+        path: Path,
+        offset: int,
+        data: np.ndarray[Any, Any],
+        name: str,
+        ranges: tuple[int, int] | None = None,
+    ) -> np.ndarray[Any, Any] | None:
         """Write *data* into the raw file *path* of dataset *name* at byte *offset*.
 
+        :param ranges: ``(begin, size)``: sum the data per range as they go
+            (see :func:`_raw.write_raw`) and return the checksum entries.
         :raises ReadOnlyError: this user may not write the raw file or its directory.
         :raises InvalidStoreError: another failure of the write (no space, I/O error).
         """
         try:
-            _raw.write_raw(path, offset, data, durable=self.durable)
+            return _raw.write_raw(path, offset, data, durable=self.durable, ranges=ranges)
         except PermissionError as err:
             raise ReadOnlyError(
                 f"cannot write the rows of {name!r} to its raw file {path}: {err.strerror}; "
@@ -1379,16 +1394,17 @@ class Store:
 
     def _write_external(
         self, name: str, temporary: str, arr: np.ndarray[Any, Any], raw_name: str
-    ) -> np.ndarray[Any, Any]:
+    ) -> np.ndarray[Any, Any] | None:
+        """Write *arr* into the new raw file *raw_name*; the checksum entries of its bytes."""
         group = self._file.require_group(_TMP_GROUP)
         data = np.ascontiguousarray(arr)
         if self._journaled is not None:  # a rollback of the change removes the file
             self._journaled.created(self.path.parent / raw_name)
-        self._write_raw(self.path.parent / raw_name, 0, data, name)
+        entries = self._write_raw(self.path.parent / raw_name, 0, data, name, (0, RANGE_NBYTES))
         if self.durable:
             fsync_dir(_raw.raw_dir(self.path))  # the raw file's name
         _hdf5.create_external(group, temporary.rsplit("/", 1)[1], data.dtype, data.shape, raw_name)
-        return data
+        return entries
 
     def _write_h5(
         self,
@@ -1397,8 +1413,8 @@ class Store:
         chunks: object,
         compression: object,
         appendable: bool,
-    ) -> np.ndarray[Any, Any]:
-        """Create dataset *temporary* from *arr*; the bytes given to HDF5 (C order)."""
+    ) -> None:
+        """Create dataset *temporary* from *arr*."""
         options: dict[str, Any] = {}
         if isinstance(compression, Mapping):
             options.update(compression)
@@ -1411,15 +1427,13 @@ class Store:
             options.setdefault("chunks", True)
         try:
             # Unicode and datetimes go to h5py tagged as opaque (_hdf5.storage_dtype).
-            # C order once, here: HDF5 and the checksums read the same bytes.
-            data = np.ascontiguousarray(_hdf5.as_stored(arr))
+            data = _hdf5.as_stored(arr)
             self._file.create_dataset(temporary, data=data, dtype=data.dtype, **options)
         except (ValueError, TypeError, OSError) as err:
             raise ArgumentError(
                 f"cannot create a dataset with chunks={chunks!r}, compression={compression!r}: "
                 f"{err}"
             ) from err
-        return data
 
     def append(self, name: str, rows: object) -> ArrayInfo:
         """Add *rows* at the end of axis 0 of dataset *name*, creating it if absent.
@@ -1477,23 +1491,20 @@ class Store:
         )
         checksums = info.checksums
         what = f"{name!r} in {self.path}"
-        begin = old * info.row_nbytes
-        extend, in_place = self._append_plan(info, grown, data.nbytes)
+        summed, in_place = self._append_plan(info, grown, data.nbytes)
         with nullcontext() if in_place else self._change():
             dataset = _hdf5.open_dataset(self._file, name)
             if info.layout == "external":
                 # Rows first, then their checksums, extent last: the extent
                 # never covers unwritten bytes or bytes without checksums.
-                self._append_raw(spans, data, name)
-                if extend and checksums is not None:
+                entries = self._append_raw(spans, data, name, summed)
+                if entries is not None and checksums is not None:
                     checksums = _sums.extend_ranges(
                         self._file,
                         self.path,
                         checksums,
-                        data,
-                        begin,
+                        entries,
                         journaled=not in_place,
-                        threads=worker_count(),
                         what=what,
                     )
                 dataset.id.set_extent((new, *info.shape[1:]))
@@ -1516,15 +1527,20 @@ class Store:
         self._touch()
         return grown
 
-    def _append_plan(self, info: ArrayInfo, grown: ArrayInfo, nbytes: int) -> tuple[bool, bool]:
-        """Whether an append of *nbytes* to *info* extends its checksums, and runs in place."""
+    def _append_plan(
+        self, info: ArrayInfo, grown: ArrayInfo, nbytes: int
+    ) -> tuple[tuple[int, int] | None, bool]:
+        """How to sum *nbytes* appended to *info*: ``(begin, size)`` of their ranges
+        (``None``: no checksums of ranges to extend); and whether the append runs
+        in place."""
         checksums = info.checksums
         what = f"{info.name!r} in {self.path}"
-        begin = info.nbytes
         # Checksums of ranges grow only from where they end: rows another
         # tool added would leave a gap (they stay unverified, until seal).
-        extend = checksums is not None and (
-            checksums.per == "chunk" or _sums.ends_at(self._file, self.path, checksums, begin, what)
+        extend, fits = (
+            _sums.append_plan(self._file, self.path, checksums, info.nbytes, nbytes, what=what)
+            if checksums is not None and checksums.per == "range"
+            else (checksums is not None, True)
         )
         # Rows and extent of a raw file, their checksums in the room left
         # for them, and a record of the same size, are rewritten in place in
@@ -1538,23 +1554,35 @@ class Store:
             and _metadata.fits(
                 _hdf5.open_dataset(self._file, info.name), _metadata.record_of(grown)
             )
-            and not (
-                extend
-                and checksums is not None
-                and not _sums.fits_in_place(self._file, checksums, nbytes, begin, what)
-            )
+            and (fits or not extend)
         )
-        return extend, in_place
+        summed = None
+        if extend and info.layout == "external" and checksums is not None:
+            summed = (info.nbytes, checksums.range_nbytes or RANGE_NBYTES)
+        return summed, in_place
 
     def _append_raw(
-        self, spans: list[tuple[Path, int, int]], data: np.ndarray[Any, Any], name: str
-    ) -> None:
-        """Write appended rows *data* into the raw file spans *spans* (they may run on)."""
+        self,
+        spans: list[tuple[Path, int, int]],
+        data: np.ndarray[Any, Any],
+        name: str,
+        summed: tuple[int, int] | None,
+    ) -> np.ndarray[Any, Any] | None:
+        """Write appended rows *data* into the raw file spans *spans* (they may run on).
+
+        :param summed: ``(begin, size)``: sum them per range as they go.
+        :returns: their checksum entries, when *summed*.
+        """
         raw = data.reshape(-1).view(np.uint8)
         done = 0
+        found = []
         for raw_path, offset, length in spans:
-            self._write_raw(raw_path, offset, raw[done : done + length], name)
+            ranges = None if summed is None else (summed[0] + done, summed[1])
+            found.append(self._write_raw(raw_path, offset, raw[done : done + length], name, ranges))
             done += length
+        if summed is None:
+            return None
+        return np.concatenate([np.empty((0, 2), np.uint64), *(e for e in found if e is not None)])
 
     def delete(self, name: str) -> None:
         """Remove dataset *name* (and its raw file, if it has one).

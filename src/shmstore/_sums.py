@@ -35,18 +35,16 @@ from ._integrity import (
     chunk_entries,
     crc,
     range_ends,
-    range_entries,
 )
 from .errors import IntegrityError, InvalidStoreError
 from .manifest import ArrayInfo, Checksums
 
 __all__ = [
     "SUMS_GROUP",
+    "append_plan",
     "drop",
-    "ends_at",
     "extend_chunks",
     "extend_ranges",
-    "fits_in_place",
     "for_stored",
     "for_written",
     "read",
@@ -134,11 +132,6 @@ def read(
     return sums
 
 
-def room(file: h5py.File, checksums: Checksums, what: str) -> int:
-    """Entries the hidden dataset of *checksums* can hold."""
-    return _dataset(file, checksums, what)[1]
-
-
 def write_in_place(
     file: h5py.File,
     path: Path,
@@ -151,7 +144,7 @@ def write_in_place(
     """Write *entries* as entries ``first, first + 1, ...`` of the hidden dataset.
 
     Outside any journaled change: the bytes are in the dataset's room (see
-    :func:`room`), past what any record counts, so a writer killed here
+    :func:`append_plan`), past what any record counts, so a writer killed here
     leaves every counted entry as it was.
     """
     offset, capacity = _dataset(file, checksums, what)
@@ -168,11 +161,6 @@ def write_in_place(
 
 
 # -- what the store asks for --------------------------------------------------------
-
-
-def _bytes_of(array: np.ndarray[Any, Any]) -> memoryview:
-    """The bytes of the C-contiguous *array* (any dtype, datetimes too) as a flat view."""
-    return memoryview(array.reshape(-1).view(np.uint8).data)
 
 
 def _stored_chunk_entries(dataset: h5py.Dataset, first_row: int = 0) -> np.ndarray[Any, Any]:
@@ -226,20 +214,19 @@ def _made(file: h5py.File, per: Per, entries: np.ndarray[Any, Any], room: bool) 
 def for_written(
     file: h5py.File,
     dataset: h5py.Dataset,
-    data: np.ndarray[Any, Any],
+    entries: np.ndarray[Any, Any] | None,
     *,
     appendable: bool,
-    threads: int,
 ) -> Checksums:
-    """Record checksums of *dataset*, just written from the C-contiguous *data*.
+    """Record checksums of *dataset*, just written.
 
-    Ranges are summed from *data* itself (what the caller gave, so a fault
-    on the way to the disk is caught later); chunks from their stored bytes.
-    Runs inside the journaled change that writes the dataset.
+    Ranges: *entries*, summed from the bytes the caller gave as they were
+    written (so a fault on the way to the disk is caught later); chunks
+    (*entries* ``None``): from their stored bytes.  Runs inside the
+    journaled change that writes the dataset.
     """
-    if dataset.chunks is not None:
+    if dataset.chunks is not None or entries is None:
         return _made(file, "chunk", _stored_chunk_entries(dataset), appendable)
-    entries = range_entries(_bytes_of(data), 0, RANGE_NBYTES, threads)
     return _made(file, "range", entries, appendable)
 
 
@@ -279,41 +266,47 @@ def _entries(path: Path, offset: int, first: int, stop: int) -> np.ndarray[Any, 
     return np.frombuffer(raw[:usable], _DTYPE).reshape(-1, 2)
 
 
-def ends_at(file: h5py.File, path: Path, checksums: Checksums, nbytes: int, what: str) -> bool:
-    """True when the counted ranges of *checksums* end exactly at byte *nbytes*.
+def append_plan(
+    file: h5py.File, path: Path, checksums: Checksums, begin: int, added: int, *, what: str
+) -> tuple[bool, bool]:
+    """Whether checksums of *added* bytes appended at byte *begin* extend *checksums*,
+    and whether they fit the room left in its table (so can be written in place).
 
-    An append extends the checksums only then: rows added by another tool
-    (or checksums that stop short) would leave a gap no range covers.
+    They extend it only when its counted ranges end exactly at *begin*: rows
+    added by another tool (or checksums that stop short) would leave a gap
+    no range covers.
     """
     if checksums.per != "range":
-        return False
-    if checksums.count == 0:
-        return nbytes == 0
+        return False, False
     offset, capacity = _dataset(file, checksums, what)
-    if checksums.count > capacity:
-        return False
-    last = _entries(path, offset, checksums.count - 1, checksums.count)
-    return len(last) == 1 and int(last[0, 0]) == nbytes
+    if checksums.count == 0:
+        extend = begin == 0
+    elif checksums.count > capacity:
+        extend = False
+    else:
+        last = _entries(path, offset, checksums.count - 1, checksums.count)
+        extend = len(last) == 1 and int(last[0, 0]) == begin
+    size = checksums.range_nbytes or RANGE_NBYTES
+    needed = len(range_ends(begin, begin + added, size))
+    return extend, checksums.count + needed <= capacity
 
 
 def extend_ranges(
     file: h5py.File,
     path: Path,
     checksums: Checksums,
-    data: np.ndarray[Any, Any],
-    begin: int,
+    new: np.ndarray[Any, Any],
     *,
     journaled: bool,
-    threads: int,
     what: str,
 ) -> Checksums:
-    """Add the checksums of *data*, appended at byte *begin*; the grown :class:`Checksums`.
+    """Add the entries *new* of rows just appended; the grown :class:`Checksums`.
 
-    In the hidden dataset's room with ``pwrite`` when it fits and not
-    *journaled*; otherwise (inside a journaled change) into a new, larger
-    hidden dataset that replaces it.  Either way before the extent grows.
+    In the table's room with ``pwrite`` when not *journaled* (the caller
+    checked that they fit, :func:`append_plan`); otherwise (inside a
+    journaled change) into a new, larger table that replaces it.  Either
+    way before the extent grows.
     """
-    new = range_entries(_bytes_of(data), begin, checksums.range_nbytes or RANGE_NBYTES, threads)
     count = checksums.count + len(new)
     if not journaled:
         write_in_place(file, path, checksums, checksums.count, new, what=what)
@@ -323,15 +316,6 @@ def extend_ranges(
     drop(file, checksums)
     grown = _made(file, "range", np.concatenate([old, new]), True)
     return grown.model_copy(update={"range_nbytes": checksums.range_nbytes})
-
-
-def fits_in_place(
-    file: h5py.File, checksums: Checksums, added_nbytes: int, begin: int, what: str
-) -> bool:
-    """True when the checksums of *added_nbytes* appended at *begin* fit the room left."""
-    size = checksums.range_nbytes or RANGE_NBYTES
-    needed = len(range_ends(begin, begin + added_nbytes, size))
-    return checksums.count + needed <= room(file, checksums, what)
 
 
 def extend_chunks(
