@@ -67,7 +67,7 @@ from .errors import (
     StoreNotFoundError,
     UnsupportedDtypeError,
 )
-from .manifest import FORMAT_VERSION, ArrayInfo, Manifest
+from .manifest import FORMAT_VERSION, ArrayInfo, Checksums, Manifest
 
 if TYPE_CHECKING:
     from ._cache import Cache
@@ -338,6 +338,8 @@ class Store:
         self._known: dict[str, ArrayInfo | str] = {}
         self._chunk_indexes: dict[tuple[str, int, tuple[int, ...]], Any] = {}
         self._verifiers: dict[tuple[str, int, tuple[int, ...]], Verifier | None] = {}
+        # Where each table of checksums lies (offset, capacity): fixed while it lives.
+        self._tables: dict[str, tuple[int, int]] = {}
         self._descriptions: dict[str, Described] = {}
         self._format1: dict[str, ArrayInfo] | None = None
         try:
@@ -1504,8 +1506,8 @@ class Store:
                         self.path,
                         checksums,
                         entries,
+                        self._table(checksums, name),
                         journaled=not in_place,
-                        what=what,
                     )
                 dataset.id.set_extent((new, *info.shape[1:]))
             else:
@@ -1534,11 +1536,12 @@ class Store:
         (``None``: no checksums of ranges to extend); and whether the append runs
         in place."""
         checksums = info.checksums
-        what = f"{info.name!r} in {self.path}"
         # Checksums of ranges grow only from where they end: rows another
         # tool added would leave a gap (they stay unverified, until seal).
         extend, fits = (
-            _sums.append_plan(self._file, self.path, checksums, info.nbytes, nbytes, what=what)
+            _sums.append_plan(
+                self.path, checksums, self._table(checksums, info.name), info.nbytes, nbytes
+            )
             if checksums is not None and checksums.per == "range"
             else (checksums is not None, True)
         )
@@ -1560,6 +1563,15 @@ class Store:
         if extend and info.layout == "external" and checksums is not None:
             summed = (info.nbytes, checksums.range_nbytes or RANGE_NBYTES)
         return summed, in_place
+
+    def _table(self, checksums: Checksums, name: str) -> tuple[int, int]:
+        """Offset and capacity of the table of *checksums* of dataset *name*, looked up
+        once per store."""
+        place = self._tables.get(checksums.location)
+        if place is None:
+            place = _sums.table(self._file, checksums, f"{name!r} in {self.path}")
+            self._tables[checksums.location] = place
+        return place
 
     def _append_raw(
         self,

@@ -48,6 +48,7 @@ __all__ = [
     "for_stored",
     "for_written",
     "read",
+    "table",
     "verifier",
 ]
 
@@ -72,8 +73,11 @@ def create(file: h5py.File, location: str, entries: np.ndarray[Any, Any], capaci
     file.create_dataset(location, data=data)  # contiguous, allocated: pwrite can reach it
 
 
-def _dataset(file: h5py.File, checksums: Checksums, what: str) -> tuple[int, int]:
+def table(file: h5py.File, checksums: Checksums, what: str) -> tuple[int, int]:
     """Byte offset and entry capacity of the hidden dataset of *checksums*.
+
+    Neither changes while the dataset lives (it is replaced, under another
+    name, when it grows): a writer may keep them for its appends.
 
     :raises IntegrityError: it is missing or not what shmstore made.
     """
@@ -111,7 +115,7 @@ def read(
     :raises IntegrityError: the hidden dataset is damaged, or holds fewer
         valid entries than the record counted.
     """
-    offset, capacity = _dataset(file, checksums, what)
+    offset, capacity = table(file, checksums, what)
     fd = os.dup(path) if isinstance(path, int) else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         raw = os.pread(fd, capacity * _ENTRY, offset)
@@ -133,21 +137,20 @@ def read(
 
 
 def write_in_place(
-    file: h5py.File,
     path: Path,
-    checksums: Checksums,
+    place: tuple[int, int],
     first: int,
     entries: np.ndarray[Any, Any],
-    *,
-    what: str,
 ) -> None:
     """Write *entries* as entries ``first, first + 1, ...`` of the hidden dataset.
 
     Outside any journaled change: the bytes are in the dataset's room (see
     :func:`append_plan`), past what any record counts, so a writer killed here
     leaves every counted entry as it was.
+
+    :param place: the table's offset and capacity (:func:`table`).
     """
-    offset, capacity = _dataset(file, checksums, what)
+    offset, capacity = place
     if first + len(entries) > capacity:
         raise ValueError(f"{len(entries)} entries from {first} overflow a room of {capacity}")
     data = memoryview(np.ascontiguousarray(entries, _DTYPE).tobytes())
@@ -267,7 +270,7 @@ def _entries(path: Path, offset: int, first: int, stop: int) -> np.ndarray[Any, 
 
 
 def append_plan(
-    file: h5py.File, path: Path, checksums: Checksums, begin: int, added: int, *, what: str
+    path: Path, checksums: Checksums, place: tuple[int, int], begin: int, added: int
 ) -> tuple[bool, bool]:
     """Whether checksums of *added* bytes appended at byte *begin* extend *checksums*,
     and whether they fit the room left in its table (so can be written in place).
@@ -278,7 +281,7 @@ def append_plan(
     """
     if checksums.per != "range":
         return False, False
-    offset, capacity = _dataset(file, checksums, what)
+    offset, capacity = place
     if checksums.count == 0:
         extend = begin == 0
     elif checksums.count > capacity:
@@ -296,9 +299,9 @@ def extend_ranges(
     path: Path,
     checksums: Checksums,
     new: np.ndarray[Any, Any],
+    place: tuple[int, int],
     *,
     journaled: bool,
-    what: str,
 ) -> Checksums:
     """Add the entries *new* of rows just appended; the grown :class:`Checksums`.
 
@@ -309,10 +312,9 @@ def extend_ranges(
     """
     count = checksums.count + len(new)
     if not journaled:
-        write_in_place(file, path, checksums, checksums.count, new, what=what)
+        write_in_place(path, place, checksums.count, new)
         return checksums.model_copy(update={"count": count})
-    offset, _ = _dataset(file, checksums, what)
-    old = _entries(path, offset, 0, checksums.count)
+    old = _entries(path, place[0], 0, checksums.count)
     drop(file, checksums)
     grown = _made(file, "range", np.concatenate([old, new]), True)
     return grown.model_copy(update={"range_nbytes": checksums.range_nbytes})
@@ -337,7 +339,7 @@ def extend_chunks(
     per_row = 1
     for length, size in zip(dataset.shape[1:], dataset.chunks[1:], strict=True):
         per_row *= max(1, -(-length // size))
-    offset, _ = _dataset(file, checksums, what)
+    offset, _ = table(file, checksums, what)
     old = _entries(path, offset, 0, checksums.count)
     kept = old[old[:, 0] <= np.uint64(first_row // rows_per * per_row)]
     drop(file, checksums)
