@@ -35,6 +35,7 @@ PARTS: list[tuple[str, str]] = [
     ("_cache_faults", "Faults in the cache"),
     ("_store_faults", "Faults in the store"),
     ("_blocks", "Blocks"),
+    ("_flips", "Flipped bytes in data"),
     ("_soak", "Soak"),
 ]
 
