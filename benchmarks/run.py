@@ -29,6 +29,7 @@ from _imports import IMPORT_HEADER, imports
 from _metadata import METADATA_HEADER, metadata_scale
 from _procs import MEMORY_HEADER, memory, stampede
 from _speed import ATTACH_HEADER, CHUNKED_HEADER, attach, cold_chunked, cold_contiguous
+from _verify import verification
 
 ITEMS: dict[str, tuple[str, Callable[[Settings, Results], None], str]] = {
     "1": ("Attaching to a cached slice", attach, ATTACH_HEADER),
@@ -41,6 +42,11 @@ ITEMS: dict[str, tuple[str, Callable[[Settings, Results], None], str]] = {
     "8": ("Overlapping windows of one dataset", windows, ""),
     "9": ("Appends: what is loaded again", appends, ""),
     "10": ("Block size: cold load against a single row", block_sizes, BLOCK_SIZE_HEADER),
+    "11": (
+        "Cost of checksums: cold loads and appends with and without them",
+        verification,
+        "| what | with checksums | without | time ratio |\n|---|---|---|---|",
+    ),
 }
 
 

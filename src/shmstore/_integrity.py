@@ -37,6 +37,7 @@ __all__ = [
     "Summing",
     "Sums",
     "Verifier",
+    "as_entries",
     "bytes_of",
     "chunk_entries",
     "chunk_number",
@@ -63,12 +64,23 @@ def bytes_of(array: np.ndarray[Any, Any]) -> memoryview:
     return memoryview(array.reshape(-1).view(np.uint8).data)
 
 
-def range_ends(begin: int, end: int, size: int) -> np.ndarray[Any, np.dtype[np.uint64]]:
-    """Ends of the ranges over bytes ``[begin, end)``: every multiple of *size*, and *end*."""
+def range_ends(begin: int, end: int, size: int) -> list[int]:
+    """Ends of the ranges over bytes ``[begin, end)``: every multiple of *size*, and *end*.
+
+    Plain integers: an append of a few KiB has one or two, and numpy's
+    overhead would cost more than summing them.
+    """
     if end <= begin:
-        return np.empty(0, np.uint64)
-    first = (begin // size + 1) * size
-    return np.append(np.arange(first, end, size, dtype=np.uint64), np.uint64(end))
+        return []
+    return [*range((begin // size + 1) * size, end, size), end]
+
+
+def as_entries(ends: Sequence[int], crcs: Sequence[int]) -> np.ndarray[Any, np.dtype[np.uint64]]:
+    """The table rows ``(end, crc)`` of *ends* and *crcs*, shape ``(n, 2)``."""
+    table: np.ndarray[Any, np.dtype[np.uint64]] = np.empty((len(ends), 2), np.uint64)
+    table[:, 0] = ends
+    table[:, 1] = crcs
+    return table
 
 
 def range_entries(
@@ -77,10 +89,12 @@ def range_entries(
     """Checksum entries ``(end, crc)`` of the bytes *data*, which are bytes ``[begin, ...)``."""
     data = data.cast("B") if data.format != "B" or data.ndim != 1 else data
     ends = range_ends(begin, begin + len(data), size)
-    starts = np.concatenate(([begin], ends[:-1])).astype(np.int64) - begin
-    stops = ends.astype(np.int64) - begin
-    crcs = [crc(data[starts[i] : stops[i]]) for i in range(len(ends))]
-    return np.stack([ends, np.asarray(crcs, np.uint64)], axis=1).reshape(-1, 2)
+    crcs = []
+    start = begin
+    for end in ends:
+        crcs.append(crc(data[start - begin : end - begin]))
+        start = end
+    return as_entries(ends, crcs)
 
 
 class Summing:
@@ -97,12 +111,12 @@ class Summing:
         self._parts: list[Future[np.ndarray[Any, np.dtype[np.uint64]]]] = []
         if threads > 1 and len(data) >= _THREADED:
             ends = range_ends(begin, begin + len(data), size)
-            cuts = np.linspace(0, len(ends), threads + 1).astype(int)
+            cuts = [len(ends) * i // threads for i in range(threads + 1)]
             self._pool = ThreadPoolExecutor(threads, thread_name_prefix="shmstore-sum")
             for lo, hi in itertools.pairwise(cuts):
                 if hi > lo:
-                    first = int(ends[lo - 1]) if lo else begin
-                    part = data[first - begin : int(ends[hi - 1]) - begin]
+                    first = ends[lo - 1] if lo else begin
+                    part = data[first - begin : ends[hi - 1] - begin]
                     self._parts.append(self._pool.submit(range_entries, part, first, size))
 
     def entries(self) -> np.ndarray[Any, np.dtype[np.uint64]]:

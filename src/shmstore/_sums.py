@@ -32,6 +32,7 @@ from ._integrity import (
     Per,
     Sums,
     Verifier,
+    as_entries,
     chunk_entries,
     crc,
     range_ends,
@@ -189,9 +190,9 @@ def _file_range_entries(path: Path, offset: int, nbytes: int, threads: int) -> n
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
     def one(i: int) -> int:
-        start = int(ends[i - 1]) if i else 0
-        data = os.pread(fd, int(ends[i]) - start, offset + start)
-        if len(data) != int(ends[i]) - start:
+        start = ends[i - 1] if i else 0
+        data = os.pread(fd, ends[i] - start, offset + start)
+        if len(data) != ends[i] - start:
             raise InvalidStoreError(f"{path} ends at byte {offset + start + len(data)}: truncated")
         return crc(data)
 
@@ -200,7 +201,7 @@ def _file_range_entries(path: Path, offset: int, nbytes: int, threads: int) -> n
             crcs = list(pool.map(one, range(len(ends))))
     finally:
         os.close(fd)
-    return np.stack([ends, np.asarray(crcs, np.uint64)], axis=1).reshape(-1, 2)
+    return as_entries(ends, crcs)
 
 
 def _made(file: h5py.File, per: Per, entries: np.ndarray[Any, Any], room: bool) -> Checksums:
