@@ -23,6 +23,7 @@ it is a terminal.
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
 import sys
 import threading
@@ -256,7 +257,9 @@ def _transfer(
     errors: list[BaseException] = []
     src = _open(block.path)
     try:
-        with progress(sum(p.hi - p.lo for p in pieces), block.what) as bar:
+        total = sum(p.hi - p.lo for p in pieces)
+        # A bar shows after a second only: small moves skip making one.
+        with progress(total, block.what) if total >= _SPLIT_AT else _NoBar() as bar:
             copier = _Copier(src, sink, block, bar)
 
             def run(run_pieces: list[_Piece]) -> None:
@@ -288,6 +291,16 @@ def _transfer(
 
 def _name(path: str | os.PathLike[str] | int) -> str:
     return f"descriptor {path}" if isinstance(path, int) else os.fspath(path)
+
+
+class _NoBar(contextlib.nullcontext["_NoBar"]):
+    """A progress bar that shows nothing (and costs nothing to make)."""
+
+    def __init__(self) -> None:
+        super().__init__(self)
+
+    def update(self, n: int) -> None:
+        """Nothing to show."""
 
 
 def _open(path: str | os.PathLike[str] | int) -> int:

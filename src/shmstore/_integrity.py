@@ -126,7 +126,12 @@ class Summing:
         try:
             return np.concatenate([part.result() for part in self._parts]).reshape(-1, 2)
         finally:
-            self._pool.shutdown(wait=True)
+            self.close()
+
+    def close(self) -> None:
+        """Stop: what has not started is cancelled, what runs is waited for."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def chunk_number(origin: Sequence[int], chunks: Sequence[int], shape: Sequence[int]) -> int:
@@ -246,9 +251,9 @@ class Verifier:
         if found != expected:
             first = origin[0]
             last = min(first + self.chunks[0], self.shape[0] if self.shape else 1)
-            corner = "" if len(origin) < 2 else f", corner {tuple(origin)}"
+            at = "" if len(origin) < 2 else f" at {tuple(int(i) for i in origin)}"
             raise IntegrityError(
-                f"the chunk of rows {first}:{last}{corner} of {self.dataset!r} in {self.store} "
+                f"the chunk of rows {first}:{last}{at} of {self.dataset!r} in {self.store} "
                 f"(bytes {byte_offset}:{byte_offset + len(data)} of {self.file}) does not match "
                 f"the checksum recorded when it was written ({ALGORITHM} {expected:08x}, read "
                 f"{found:08x}): {self._advice()}"

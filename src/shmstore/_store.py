@@ -1330,6 +1330,8 @@ class Store:
         except BaseException:
             if raw_name is not None:
                 _raw.remove_raw(self.path, (raw_name,))
+            if summing is not None:
+                summing.close()
             raise
         self._known[name] = info
         self._after_change(trashed=exists)
