@@ -158,7 +158,7 @@ def read_block(block: FileBlock, out: memoryview) -> None:
 def check_block(block: FileBlock, nbytes: int) -> int:
     """Check *nbytes* of *block* against their checksums, keeping nothing.
 
-    :returns: the bytes that have checksums (the others are read for nothing).
+    :returns: the bytes that have checksums (the others are not read).
     :raises IntegrityError, InvalidStoreError, OSError: as :func:`copy_block`.
     """
     pieces = _pieces(block, nbytes)
