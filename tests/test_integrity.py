@@ -10,6 +10,7 @@ ranges straddle a block's edge and the loader reads the rest of the range.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import pickle
 from pathlib import Path
@@ -453,3 +454,59 @@ def test_seal_names_a_dataset_whose_bytes_lie_in_several_raw_files(tmp_path: Pat
         with pytest.raises(shmstore.LayoutError, match="2 external files"):
             store.seal("x")
         assert [info.name for info in store.seal()] == ["y"]  # x is skipped
+
+
+@pytest.mark.parametrize("chunks", [None, (10_000, 3)], ids=["contiguous", "chunked"])
+def test_a_store_open_across_a_rename_over_its_file_checks_the_file_it_reads(
+    tmp_path: Path, data: np.ndarray, chunks: tuple[int, int] | None
+) -> None:
+    """read checks the bytes of the file it opened, not of the one now at its path."""
+    path = tmp_path / "x.h5"
+    with shmstore.open(path, "w") as store:
+        store.write("x", data, chunks=chunks)
+    (tmp_path / "new").mkdir()
+    with shmstore.open(tmp_path / "new" / "x.h5", "w") as store:
+        store.write("pad", np.ones(12_345))  # moves "x" elsewhere in the new file
+        store.write("x", -data, chunks=chunks)
+    with shmstore.open(path) as old:
+        old.info("x")
+        os.replace(tmp_path / "new" / "x.h5", path)
+        np.testing.assert_array_equal(old.read("x", (0, 50_000)), data[:50_000])
+
+
+def test_a_chunk_stored_after_the_checksums_were_recorded_is_refused(tmp_path: Path) -> None:
+    """A chunk another tool wrote later has no checksum: refused, never served unchecked.
+
+    (The digest of the chunk index sees it first; a chunk without a checksum
+    is an IntegrityError of its own behind that.)
+    """
+    path = tmp_path / "sparse.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", shape=(1_000, 4), dtype="<f8", chunks=(100, 4))
+        f["x"][:100] = 1.0  # only the first chunk is stored
+    with shmstore.open(path, "a") as store:
+        store.seal("x")
+    with h5py.File(path, "r+") as f:
+        f["x"][500:600] = 2.0  # a chunk that was never stored before
+    with shmstore.open(path) as store, pytest.raises(shmstore.InvalidStoreError, match=r"'x'"):
+        store.read("x", (500, 600))
+
+
+def test_a_stored_chunk_without_a_checksum_is_an_integrity_error(tmp_path: Path) -> None:
+    """A table of checksums that does not cover the dataset's chunks never lets one through."""
+    path = tmp_path / "two.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=np.ones((1_000, 4)), chunks=(100, 4))
+        f.create_dataset("y", shape=(2_000, 4), dtype="<f8", chunks=(100, 4))
+        f["y"][1_000:] = 2.0  # chunks 10 to 19 stored, 0 to 9 not
+    with shmstore.open(path, "a") as store:
+        store.seal()
+        other = store.info("y").checksums
+    assert other is not None
+    with h5py.File(path, "r+") as f:  # x's record now names y's table
+        for key in ("shmstore_record", "shmstore_record_backup"):
+            record = json.loads(bytes(f["x"].attrs[key]).decode())
+            record["checksums"]["location"] = other.location
+            f["x"].attrs[key] = np.bytes_(json.dumps(record).encode())
+    with shmstore.open(path) as store, pytest.raises(IntegrityError, match="has no checksum"):
+        store.read("x", (0, 100))

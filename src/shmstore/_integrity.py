@@ -245,13 +245,20 @@ class Verifier:
         if self.chunks is None:  # a verifier of ranges: no chunk has a checksum
             return
         expected = self.sums.chunk(chunk_number(origin, self.chunks, self.shape))
+        first = origin[0]
+        last = min(first + self.chunks[0], self.shape[0] if self.shape else 1)
+        at = "" if len(origin) < 2 else f" at {tuple(int(i) for i in origin)}"
         if expected is None:
-            return
+            # Every chunk stored when the checksums were recorded has one, and
+            # shmstore's appends sum the chunks they write: a chunk without one
+            # was written by someone else, or the table is not this dataset's.
+            raise IntegrityError(
+                f"the chunk of rows {first}:{last}{at} of {self.dataset!r} in {self.store} "
+                f"(bytes {byte_offset}:{byte_offset + len(data)} of {self.file}) has no "
+                f"checksum, though the dataset's chunks have: {self._advice()}"
+            )
         found = crc(data)
         if found != expected:
-            first = origin[0]
-            last = min(first + self.chunks[0], self.shape[0] if self.shape else 1)
-            at = "" if len(origin) < 2 else f" at {tuple(int(i) for i in origin)}"
             raise IntegrityError(
                 f"the chunk of rows {first}:{last}{at} of {self.dataset!r} in {self.store} "
                 f"(bytes {byte_offset}:{byte_offset + len(data)} of {self.file}) does not match "

@@ -446,7 +446,7 @@ def _run_all(work: Callable[[tuple[int, ...]], None], items: Iterator[tuple[int,
 
 
 def check_chunks(
-    path: Path,
+    path: Path | int,
     stored: dict[tuple[int, ...], Any],
     verifier: Verifier,
     rows: tuple[int, int],
@@ -458,6 +458,7 @@ def check_chunks(
     by a block, :meth:`Store.read`), and for :meth:`Store.verify`: the stored
     bytes are read once more, at the speed of the page cache.
 
+    :param path: the HDF5 file, or a descriptor open on it (used, not closed).
     :returns: the bytes of the chunks that have checksums.
     :raises IntegrityError: a chunk does not match its checksum.
     :raises InvalidStoreError: the file ends inside a chunk.
@@ -468,7 +469,7 @@ def check_chunks(
     chosen = [c for origin, c in stored.items() if low <= origin[0] < last]
     if not chosen:
         return 0
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.dup(path) if isinstance(path, int) else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
     def one(item: tuple[int, ...]) -> None:
         _read_chunk(fd, chosen[item[0]], what, verifier)

@@ -631,7 +631,10 @@ class Store:
         if verifier is not None and index is not None:
             from ._load import check_chunks
 
-            check_chunks(self.path, index, verifier, (start, stop), f"{info.name!r}")
+            # Through h5py's own descriptor: the bytes HDF5 is about to read.
+            own = self._opened()
+            source = self.path if own is None else own
+            check_chunks(source, index, verifier, (start, stop), f"{info.name!r}")
         elif verifier is not None:
             # Read by shmstore, checked on the way in: HDF5 would not check.
             out = new_empty((stop - start, *info.shape[1:]) if info.shape else (), info.dtype)
