@@ -43,7 +43,12 @@ _SIZE_KEEPING = {h5z.FILTER_SHUFFLE: 0, h5z.FILTER_FLETCHER32: 4}
 
 
 def stored_chunks(dsid: h5py.h5d.DatasetID) -> list[Any]:
-    """Every stored chunk's ``StoreInfo``: offset in the dataset, filter mask, byte offset, size."""
+    """Every stored chunk's ``StoreInfo``: offset in the dataset, filter mask, byte offset, size.
+
+    The one listing of a dataset's chunks: the checks here, loads, checksums
+    and the byte ranges of :func:`shmstore._hdf5.data_ranges` all use it, so
+    each works with every HDF5 that h5py may be built on.
+    """
     infos: list[Any] = []
     # chunk_iter is one pass (h5py 3.9+ built on HDF5 1.14+); get_chunk_info(i)
     # is the fallback that every h5py shmstore supports has (3.8 lacks chunk_iter).
