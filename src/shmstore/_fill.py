@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ._full_write import write_all
 from ._integrity import Verifier, crc
 from .errors import ArgumentError, InvalidStoreError
 
@@ -227,9 +228,7 @@ class _FileSink:
         self.fd, self.offset = fd, offset
 
     def put(self, data: memoryview, position: int) -> None:
-        written = 0
-        while written < len(data):
-            written += os.pwrite(self.fd, data[written:], self.offset + position + written)
+        write_all(self.fd, data, self.offset + position)
 
 
 class _MemorySink:

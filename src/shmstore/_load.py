@@ -35,6 +35,7 @@ import numpy as np
 from ._chunk_index import stored_chunks
 from ._dtype import empty as new_empty
 from ._fill import FileFill, progress, worker_count
+from ._full_write import write_all
 from ._hdf5 import as_stored, missing_filters
 from ._integrity import Verifier, chunk_number
 from .errors import InvalidStoreError
@@ -292,7 +293,7 @@ class ChunkWriter(FileFill):
                                 buffer = scratch.buffer = np.empty(chunk_nbytes, np.uint8)
                             rows = source[0]
                             raw = _unshuffled(data, shuffled, buffer)
-                            _pwrite_all(
+                            write_all(
                                 fd,
                                 raw[rows.start * row_nbytes : rows.stop * row_nbytes],
                                 data_offset + target[0].start * row_nbytes,
@@ -322,12 +323,6 @@ def _unshuffled(data: bytes, shuffled: int, buffer: np.ndarray[Any, Any]) -> mem
         return memoryview(data)
     _unshuffle_into(data, shuffled, buffer)
     return memoryview(buffer.data).cast("B")
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    written = 0
-    while written < len(data):
-        written += os.pwrite(fd, data[written:], offset + written)
 
 
 def _overlap(

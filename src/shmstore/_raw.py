@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ._full_write import write_all
 from ._integrity import as_entries, crc, range_ends
 
 __all__ = ["new_raw_name", "raw_dir", "remove_orphans", "remove_raw", "write_raw"]
@@ -95,7 +96,7 @@ def write_raw(
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         if ranges is None:
-            _pwrite_all(fd, view, offset)
+            write_all(fd, view, offset)
             entries = None
         else:
             entries = _write_summed(fd, offset, view, ranges)
@@ -104,12 +105,6 @@ def write_raw(
     finally:
         os.close(fd)
     return entries
-
-
-def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
-    written = 0
-    while written < len(view):
-        written += os.pwrite(fd, view[written : written + (1 << 30)], offset + written)
 
 
 def _write_summed(
@@ -133,7 +128,7 @@ def _write_summed(
     if len(view) < _AHEAD:
         for i, piece in enumerate(pieces):
             crcs[i] = crc(piece)
-            _pwrite_all(fd, piece, offset + starts[i])
+            write_all(fd, piece, offset + starts[i])
         return as_entries(ends, crcs)
     summed = [threading.Event() for _ in pieces]
     stop = threading.Event()
@@ -150,7 +145,7 @@ def _write_summed(
     try:
         for i, piece in enumerate(pieces):
             summed[i].wait()
-            _pwrite_all(fd, piece, offset + starts[i])
+            write_all(fd, piece, offset + starts[i])
     finally:
         stop.set()  # a failed write: the helper stops at its next range
         helper.join()

@@ -55,6 +55,7 @@ from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError, mod
 
 from ._dtype import DType
 from ._dtype import empty as new_empty
+from ._full_write import write_all
 from .errors import ArgumentError, LockTimeoutError, SegmentError
 
 __all__ = [
@@ -651,7 +652,7 @@ def create_segment(path: str, header: SegmentHeader) -> int:
         # Reserve every page before a byte is written: a full tmpfs fails here
         # with ENOSPC, instead of a SIGBUS at the first page fault that finds no page.
         os.posix_fallocate(fd, 0, header.file_size)
-        os.pwrite(fd, encode_header(header), 0)
+        write_all(fd, encode_header(header), 0)
     except BaseException:
         try:
             os.unlink(path)
