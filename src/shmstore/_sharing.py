@@ -36,9 +36,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._cache import Block, BlockFill, Cache, parse_budget
+from ._identity import Stat, unchanged
 from ._region import memory_of
 from ._segment import FORMAT, PAGE, FileIdentity, SegmentSource
-from ._written import Stat
 from .errors import ArgumentError
 
 __all__ = [
@@ -186,11 +186,10 @@ class Described:
         """True while every file still has the identity seen (one ``stat`` each)."""
         try:
             for path, seen in zip(self.files, self.stats, strict=True):
-                st = os.stat(path)
-                if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != seen:
+                if not unchanged(path, seen):
                     return False
         except OSError:
-            return False
+            return False  # cannot be checked: taken for changed
         return True
 
     def span(self, index: int) -> tuple[int, int]:
