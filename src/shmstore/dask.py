@@ -83,8 +83,8 @@ def _slot(handle: Handle) -> tuple[str, str, int, int, str | None, int | None]:
         handle.name,
         start,
         stop,
-        handle._cache_directory,
-        handle._cache_budget,
+        handle.cache_directory,
+        handle.cache_budget,
     )
 
 
@@ -135,7 +135,7 @@ def pinned() -> list[Handle]:
     """The handles :func:`attach` and :class:`Preload` have pinned in this process."""
     with _PINS_LOCK:
         pins = list(_PINS.values())
-    return [pin.handle for pin in pins if pin.handle._pinned is not None]
+    return [pin.handle for pin in pins if pin.handle.is_pinned]
 
 
 def _unpin(handle: Handle) -> None:
@@ -158,7 +158,7 @@ def unpin_all() -> int:
     dropped = 0
     for pin in pins:
         with pin.lock:
-            dropped += pin.handle._pinned is not None
+            dropped += pin.handle.is_pinned
             pin.handle.unpin()
     return dropped
 
