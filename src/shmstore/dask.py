@@ -34,6 +34,7 @@ import numpy as np
 
 from ._dtype import empty as new_empty
 from ._handle import Handle
+from ._rows import RowsLike
 from ._store import Store, open_store
 from .errors import ArgumentError, CacheFullError, LayoutError, RowsError
 
@@ -289,7 +290,7 @@ class _Blocks:
 def from_store(
     store_or_path: Store | str | os.PathLike[str],
     name: str,
-    rows: object = None,
+    rows: RowsLike = None,
     chunks: Any = "auto",
     *,
     cache: Cache | None = None,
@@ -308,6 +309,7 @@ def from_store(
     :param store_or_path: an open :class:`~shmstore.Store`, or the path of an
         HDF5 file (opened read-only for this call).
     :param rows: ``None`` (all), a ``slice`` with step 1, or ``(start, stop)``.
+    :type rows: slice | tuple[int | None, int | None] | None
     :param chunks: as in :func:`dask.array.from_array`.  The default,
         ``"auto"``, splits rows only, in blocks of about dask's
         ``array.chunk-size`` (128 MiB) aligned with the dataset's HDF5
@@ -328,7 +330,7 @@ def from_store(
         return _from_open_store(store, name, rows, chunks)
 
 
-def _from_open_store(store: Store, name: str, rows: object, chunks: Any) -> da.Array:
+def _from_open_store(store: Store, name: str, rows: RowsLike, chunks: Any) -> da.Array:
     info = store.info(name)
     if not info.shape:
         raise RowsError(f"{name!r} is a scalar dataset: read it with store.read({name!r})")
