@@ -115,10 +115,9 @@ def _write_summed(
     From 4 MiB on, a second thread sums the ranges in order, running ahead,
     while this one writes each as soon as it is summed: the sum of the next
     range runs beside the write of this one, and the write reads bytes the
-    sum has just brought into the cache the cores share.  (Measured on 16 MiB
-    into tmpfs, 2 cores: a write alone 1.00, summing then writing each range
-    in one thread 1.12, this 1.07; two threads each summing and writing half
-    1.19, as writers of one file take turns on its lock.)
+    sum has just brought into the cache the cores share.  Two threads each
+    summing and writing half would be slower: writers of one file take turns
+    on its lock.
     """
     begin, size = ranges
     ends = range_ends(begin, begin + len(view), size)

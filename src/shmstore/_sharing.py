@@ -96,8 +96,8 @@ def block_nbytes(row_nbytes: int, chunk_rows: int | None, target: int) -> int:
     return target  # chunks this large and odd: some are decoded by two blocks
 
 
-# The first SHA-256 of a process costs ~50 µs (OpenSSL sets itself up): paid
-# here, at import, rather than by a worker's first view.
+# The first SHA-256 of a process is slow (OpenSSL sets itself up): paid here,
+# at import, rather than by a worker's first view.
 hashlib.sha256(b"")
 
 
@@ -322,7 +322,7 @@ def carried_plan(described: Described, start: int, stop: int) -> _Plan | None:
     """The blocks of rows ``[start, stop)`` for a handle to carry to a worker, if few.
 
     A worker's first view then computes no key: a process's first SHA-256
-    costs tens of µs, several times a cached view's whole cost.
+    costs several times a cached view's whole cost.
     """
     if stop <= start or described.row_nbytes == 0:
         return None
