@@ -87,7 +87,12 @@ def _zstd_decoder(nbytes: int) -> Callable[[bytes], bytes] | None:
     """A zstd decoder of chunks of *nbytes* bytes, or ``None`` without the ``zstandard`` package.
 
     The HDF5 filter's frames need not record their decoded size, so the
-    decoder is told it.  One decompressor per thread: they are not shared safely.
+    decoder is told it; a frame that records more than a chunk's bytes is
+    damaged, and refused before zstd allocates what it records.  One
+    decompressor per thread: they are not shared safely.
+
+    The decoder raises ``ValueError`` for a damaged chunk (zstd's own
+    ``ZstdError`` chained to it), as :func:`_decode` expects of every stage.
     """
     try:
         import zstandard
@@ -99,14 +104,24 @@ def _zstd_decoder(nbytes: int) -> Callable[[bytes], bytes] | None:
         decompressor = getattr(local, "decompressor", None)
         if decompressor is None:
             decompressor = local.decompressor = zstandard.ZstdDecompressor()
-        return cast(bytes, decompressor.decompress(data, max_output_size=nbytes))
+        try:
+            recorded = zstandard.frame_content_size(data)  # -1: not recorded
+            if recorded > nbytes:
+                raise ValueError(f"its zstd frame records {recorded} bytes, a chunk holds {nbytes}")
+            return cast(bytes, decompressor.decompress(data, max_output_size=nbytes))
+        except zstandard.ZstdError as err:
+            raise ValueError(str(err)) from err
 
     return decode
 
 
 @dataclass(frozen=True)
 class _Stage:
-    """One filter of the pipeline, undone by *decode* (bytes in, bytes out).
+    """One filter of the pipeline, undone by *decode*.
+
+    *decode* takes the stored bytes and returns them decoded; damaged bytes
+    make it raise ``zlib.error`` or ``ValueError``, which :func:`_decode`
+    reports as a damaged chunk (any other exception is a bug, and surfaces).
 
     Shuffle has no *decode*: it is undone into the segment itself (it is
     the first filter applied, so the last undone), see :func:`_place`.
@@ -384,7 +399,7 @@ def _decode(
                 shuffled = stage.itemsize
             else:
                 data = stage.decode(data)
-    except Exception as err:  # zlib.error, zstandard.ZstdError: each decoder has its own
+    except (zlib.error, ValueError) as err:  # what deflate and zstd raise for damaged input
         raise InvalidStoreError(f"a chunk of {what} cannot be decoded ({err}): damaged") from err
     if len(data) != nbytes:
         raise InvalidStoreError(
