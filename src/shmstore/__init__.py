@@ -1,6 +1,7 @@
 """shmstore: numpy arrays in HDF5 files, shared between the processes of one node.
 
-Open a store with :func:`open`; see ``DESIGN.md`` for the contract.
+Open a store with :func:`open`; ``docs/design.md`` (the design page of the
+documentation) records the contract.
 """
 
 from __future__ import annotations

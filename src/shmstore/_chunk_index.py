@@ -3,9 +3,9 @@
 HDF5's file format of 1.6 (the one shmstore writes, for its crash
 behaviour) keeps no checksum of the B-tree that indexes chunks: a flipped
 byte there makes HDF5 read a chunk from the wrong place, or miss it and
-return the fill value, without an error.  Fuzzing found both.  So before
-rows of a chunked dataset are served, the index is checked against what a
-sound one holds:
+return the fill value, without an error (the file fuzzing of
+``reliability/`` makes both).  So before rows of a chunked dataset are
+served, the index is checked against what a sound one holds:
 
 * every chunk lies inside the file, at chunk-aligned coordinates, once;
 * no two chunks share bytes;
@@ -43,7 +43,12 @@ _SIZE_KEEPING = {h5z.FILTER_SHUFFLE: 0, h5z.FILTER_FLETCHER32: 4}
 
 
 def stored_chunks(dsid: h5py.h5d.DatasetID) -> list[Any]:
-    """Every stored chunk's ``StoreInfo``: offset in the dataset, filter mask, byte offset, size."""
+    """Every stored chunk's ``StoreInfo``: offset in the dataset, filter mask, byte offset, size.
+
+    The one listing of a dataset's chunks: the checks here, loads, checksums
+    and the byte ranges of :func:`shmstore._hdf5.data_ranges` all use it, so
+    each works with every HDF5 that h5py may be built on.
+    """
     infos: list[Any] = []
     # chunk_iter is one pass (h5py 3.9+ built on HDF5 1.14+); get_chunk_info(i)
     # is the fallback that every h5py shmstore supports has (3.8 lacks chunk_iter).
@@ -169,11 +174,11 @@ def check_lookups(
     A read through HDF5 finds a chunk by comparing keys on the way down the
     tree; the listing follows the pointers.  A damaged key makes the two
     disagree, and HDF5 would return the fill value for a chunk that is there
-    (fuzzing found it).  ``read_direct_chunk`` takes the read's own path, so
-    each listed chunk is fetched through it and compared: this reads the
-    stored (compressed) bytes once more, which costs little next to decoding
-    them.  Loads that decode chunks themselves read at the listed offsets and
-    need no such check.
+    (the file fuzzing of ``reliability/`` makes it).  ``read_direct_chunk``
+    takes the read's own path, so each listed chunk is fetched through it
+    and compared: this reads the stored (compressed) bytes once more, which
+    costs little next to decoding them.  Loads that decode chunks themselves
+    read at the listed offsets and need no such check.
 
     :param index: :func:`check_chunk_index`'s result.
     :raises InvalidStoreError: HDF5's lookup misses a chunk or finds another.

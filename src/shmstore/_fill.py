@@ -4,12 +4,11 @@ A slice of a contiguous dataset is one block of one file.  The kernel copies
 it into the segment: ``pread`` into a small buffer that stays in the CPU's
 cache, ``pwrite`` at the segment's data offset, in as many threads as there
 are cores (up to 8).  Neither side is mapped, so no page of the segment is
-faulted in one by one.  Measured on the 2-core development machine, 1 GiB
-from an ext4 file in the page cache into a ``posix_fallocate``-d tmpfs file,
-median of 3, interleaved: ``preadv`` into a mapping of the segment 1.21 GB/s,
-this copy 2.24 GB/s with a 1 MiB buffer per thread in 2 threads.
-(``copy_file_range`` refuses to cross file systems here, ``EXDEV``; ``sendfile``
-ran at 2.24 GB/s in one thread but cannot be split between threads as simply.)
+faulted in one by one, which makes this copy faster than ``preadv`` into a
+mapping of the segment (``benchmarks/RESULTS.md``, item 2, has the figures).
+``copy_file_range`` refuses to cross file systems (``EXDEV``, from a disk to
+tmpfs); ``sendfile`` copies as fast in one thread but cannot be split between
+threads as simply.
 
 Where the data have checksums, each thread checks those of the ranges it
 copies on the bytes in its buffer, still in the CPU's cache, before they are
@@ -32,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ._full_write import write_all
 from ._integrity import Verifier, crc
 from .errors import ArgumentError, InvalidStoreError
 
@@ -57,8 +57,7 @@ class FileFill(abc.ABC):
 
     Given to :meth:`Cache.get` instead of a callback.  ``pwrite`` into a
     reserved tmpfs file copies into its pages without faulting them into a
-    mapping one by one: 4.5 GB/s from a 1 MiB buffer against about 1 GB/s
-    for stores into a fresh mapping, on the development machine.
+    mapping one by one, several times faster than stores into a fresh mapping.
     """
 
     @abc.abstractmethod
@@ -227,9 +226,7 @@ class _FileSink:
         self.fd, self.offset = fd, offset
 
     def put(self, data: memoryview, position: int) -> None:
-        written = 0
-        while written < len(data):
-            written += os.pwrite(self.fd, data[written:], self.offset + position + written)
+        write_all(self.fd, data, self.offset + position)
 
 
 class _MemorySink:

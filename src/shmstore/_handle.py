@@ -105,6 +105,24 @@ class Handle:
         return self._described.version
 
     @property
+    def cache_directory(self) -> str | None:
+        """The directory of the cache named by the store's ``cache=``, or None for the default.
+
+        With None, each process uses its own default cache (``SHMSTORE_DIR``, ...).
+        """
+        return self._cache_directory
+
+    @property
+    def cache_budget(self) -> int | None:
+        """The budget in bytes of the cache named by the store's ``cache=``, or None."""
+        return self._cache_budget
+
+    @property
+    def is_pinned(self) -> bool:
+        """Whether :meth:`pin` keeps a mapping of the slice in this process."""
+        return self._pinned is not None
+
+    @property
     def cache(self) -> Cache:
         """The node cache this handle's slice lives in, in the process using it.
 

@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 from h5py import h5d, h5f, h5p, h5s, h5t, h5z
 
+from ._chunk_index import stored_chunks
 from ._dtype import is_supported, unsupported_reason
 from .errors import InvalidStoreError
 from .manifest import ArrayInfo, Layout
@@ -563,13 +564,4 @@ def data_ranges(dataset: h5py.Dataset) -> list[tuple[int, int]]:
         return [(offset, offset + size)] if offset is not None and size else []
     if layout != h5d.CHUNKED:
         return []
-    ranges: list[tuple[int, int]] = []
-    if hasattr(dsid, "chunk_iter"):
-        dsid.chunk_iter(
-            lambda info: ranges.append((info.byte_offset, info.byte_offset + info.size))
-        )
-        return ranges
-    for index in range(dsid.get_num_chunks()):
-        info = dsid.get_chunk_info(index)
-        ranges.append((info.byte_offset, info.byte_offset + info.size))
-    return ranges
+    return [(info.byte_offset, info.byte_offset + info.size) for info in stored_chunks(dsid)]

@@ -13,9 +13,10 @@ load with what is here (``docs/design.md``, "Checksums").
   ``(chunk number + 1, crc)``, chunks numbered in C order over the chunk
   grid with axis 0 outermost, so that growing axis 0 numbers only new chunks.
 
-CRC32C (the ``crc32c`` package) runs at about 10 GB/s a core with the GIL
-released: in the loading threads, on bytes still in the CPU's cache, it costs
-next to nothing (RESULTS.md, item 11).
+CRC32C (the ``crc32c`` package) uses the CPU's CRC instructions where it
+has them, with the GIL released, far faster than a copy or a decode: in the
+loading threads, on bytes still in the CPU's cache, it costs next to nothing
+(``benchmarks/RESULTS.md``, item 11).
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._durable import fsync_dir
+from ._full_write import write_all
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
@@ -107,7 +108,7 @@ class JournalingFile(io.RawIOBase):
         except BaseException:
             os.close(self._fd)
             raise
-        os.write(self._jfd, _MAGIC + _SIZE.pack(self._size0))
+        write_all(self._jfd, _MAGIC + _SIZE.pack(self._size0))
         self._skip = _merge(expendable)
         self._pos = 0
 
@@ -120,9 +121,10 @@ class JournalingFile(io.RawIOBase):
             return
         for lo, hi in _subtract(start, stop, self._skip):
             old = os.pread(self._fd, hi - lo, lo)
-            # One write per record: a kill leaves at most the last one short,
-            # and its bytes were not overwritten yet.
-            os.write(self._jfd, _RECORD.pack(lo, len(old)) + old)
+            # Each record is complete in the journal before its bytes are
+            # overwritten: a kill leaves at most the last one short, and its
+            # bytes were not overwritten yet.
+            write_all(self._jfd, _RECORD.pack(lo, len(old)) + old)
         self._skip = _merge([*self._skip, (start, stop)])
 
     def created(self, path: Path) -> None:
@@ -131,7 +133,7 @@ class JournalingFile(io.RawIOBase):
         :param path: a file in the directory of the HDF5 file or below it.
         """
         name = os.fsencode(os.path.relpath(path, self._journal_path.parent))
-        os.write(self._jfd, _RECORD.pack(_CREATED, len(name)) + name)
+        write_all(self._jfd, _RECORD.pack(_CREATED, len(name)) + name)
 
     def commit(self, *, durable: bool = False) -> None:
         """The change is complete and closed: drop the journal.
@@ -185,11 +187,9 @@ class JournalingFile(io.RawIOBase):
     def write(self, data: ReadableBuffer) -> int:
         view = memoryview(data).cast("B")
         self._save(self._pos, self._pos + len(view))
-        done = 0
-        while done < len(view):
-            done += os.pwrite(self._fd, view[done:], self._pos + done)
-        self._pos += done
-        return done
+        write_all(self._fd, view, self._pos)
+        self._pos += len(view)
+        return len(view)
 
     def truncate(self, size: int | None = None) -> int:
         size = self._pos if size is None else size
@@ -230,7 +230,7 @@ def rollback(path: Path) -> bool:
                 if offset == _CREATED:
                     created.append(jpath.parent / os.fsdecode(journal[pos : pos + length]))
                 else:
-                    os.pwrite(fd, journal[pos : pos + length], offset)
+                    write_all(fd, memoryview(journal)[pos : pos + length], offset)
                 pos += length
             os.ftruncate(fd, size0)
         finally:

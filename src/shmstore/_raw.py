@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ._full_write import write_all
 from ._integrity import as_entries, crc, range_ends
 
 __all__ = ["new_raw_name", "raw_dir", "remove_orphans", "remove_raw", "write_raw"]
@@ -95,7 +96,7 @@ def write_raw(
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         if ranges is None:
-            _pwrite_all(fd, view, offset)
+            write_all(fd, view, offset)
             entries = None
         else:
             entries = _write_summed(fd, offset, view, ranges)
@@ -106,12 +107,6 @@ def write_raw(
     return entries
 
 
-def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
-    written = 0
-    while written < len(view):
-        written += os.pwrite(fd, view[written : written + (1 << 30)], offset + written)
-
-
 def _write_summed(
     fd: int, offset: int, view: memoryview, ranges: tuple[int, int]
 ) -> np.ndarray[Any, Any]:
@@ -120,10 +115,9 @@ def _write_summed(
     From 4 MiB on, a second thread sums the ranges in order, running ahead,
     while this one writes each as soon as it is summed: the sum of the next
     range runs beside the write of this one, and the write reads bytes the
-    sum has just brought into the cache the cores share.  (Measured on 16 MiB
-    into tmpfs, 2 cores: a write alone 1.00, summing then writing each range
-    in one thread 1.12, this 1.07; two threads each summing and writing half
-    1.19, as writers of one file take turns on its lock.)
+    sum has just brought into the cache the cores share.  Two threads each
+    summing and writing half would be slower: writers of one file take turns
+    on its lock.
     """
     begin, size = ranges
     ends = range_ends(begin, begin + len(view), size)
@@ -133,7 +127,7 @@ def _write_summed(
     if len(view) < _AHEAD:
         for i, piece in enumerate(pieces):
             crcs[i] = crc(piece)
-            _pwrite_all(fd, piece, offset + starts[i])
+            write_all(fd, piece, offset + starts[i])
         return as_entries(ends, crcs)
     summed = [threading.Event() for _ in pieces]
     stop = threading.Event()
@@ -150,7 +144,7 @@ def _write_summed(
     try:
         for i, piece in enumerate(pieces):
             summed[i].wait()
-            _pwrite_all(fd, piece, offset + starts[i])
+            write_all(fd, piece, offset + starts[i])
     finally:
         stop.set()  # a failed write: the helper stops at its next range
         helper.join()

@@ -55,6 +55,8 @@ from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError, mod
 
 from ._dtype import DType
 from ._dtype import empty as new_empty
+from ._full_write import write_all
+from ._identity import Stat, stat_of, unchanged
 from .errors import ArgumentError, LockTimeoutError, SegmentError
 
 __all__ = [
@@ -138,14 +140,13 @@ class FileIdentity(BaseModel):
 
         :raises FileNotFoundError: there is no such file.
         """
-        st = os.stat(path)
-        return cls(
-            path=os.path.abspath(path),
-            dev=st.st_dev,
-            ino=st.st_ino,
-            size=st.st_size,
-            mtime_ns=st.st_mtime_ns,
-        )
+        dev, ino, size, mtime_ns = stat_of(path)
+        return cls(path=os.path.abspath(path), dev=dev, ino=ino, size=size, mtime_ns=mtime_ns)
+
+    @property
+    def stat(self) -> Stat:
+        """``(dev, ino, size, mtime_ns)``, as :func:`shmstore._identity.stat_of` gives them."""
+        return (self.dev, self.ino, self.size, self.mtime_ns)
 
     def may_still_hold(self) -> bool:
         """True if :attr:`path` is still this file (device, inode) and no shorter.
@@ -155,23 +156,17 @@ class FileIdentity(BaseModel):
         loaded from it may be gone.
         """
         try:
-            st = os.stat(self.path)
+            dev, ino, size, _ = stat_of(self.path)
         except FileNotFoundError:
             return False
-        return (st.st_dev, st.st_ino) == (self.dev, self.ino) and st.st_size >= self.size
+        return (dev, ino) == (self.dev, self.ino) and size >= self.size
 
     def is_current(self) -> bool:
-        """True if the file at :attr:`path` still has this identity (False if it is gone)."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (
-            self.dev,
-            self.ino,
-            self.size,
-            self.mtime_ns,
-        )
+        """True if the file at :attr:`path` still has this identity (False if it is gone).
+
+        :raises OSError: the file cannot be checked (see :func:`shmstore._identity.unchanged`).
+        """
+        return unchanged(self.path, self.stat)
 
 
 class SegmentSource(BaseModel):
@@ -651,7 +646,7 @@ def create_segment(path: str, header: SegmentHeader) -> int:
         # Reserve every page before a byte is written: a full tmpfs fails here
         # with ENOSPC, instead of a SIGBUS at the first page fault that finds no page.
         os.posix_fallocate(fd, 0, header.file_size)
-        os.pwrite(fd, encode_header(header), 0)
+        write_all(fd, encode_header(header), 0)
     except BaseException:
         try:
             os.unlink(path)

@@ -36,9 +36,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._cache import Block, BlockFill, Cache, parse_budget
+from ._identity import Stat, unchanged
 from ._region import memory_of
 from ._segment import FORMAT, PAGE, FileIdentity, SegmentSource
-from ._written import Stat
 from .errors import ArgumentError
 
 __all__ = [
@@ -96,8 +96,8 @@ def block_nbytes(row_nbytes: int, chunk_rows: int | None, target: int) -> int:
     return target  # chunks this large and odd: some are decoded by two blocks
 
 
-# The first SHA-256 of a process costs ~50 µs (OpenSSL sets itself up): paid
-# here, at import, rather than by a worker's first view.
+# The first SHA-256 of a process is slow (OpenSSL sets itself up): paid here,
+# at import, rather than by a worker's first view.
 hashlib.sha256(b"")
 
 
@@ -186,11 +186,10 @@ class Described:
         """True while every file still has the identity seen (one ``stat`` each)."""
         try:
             for path, seen in zip(self.files, self.stats, strict=True):
-                st = os.stat(path)
-                if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != seen:
+                if not unchanged(path, seen):
                     return False
         except OSError:
-            return False
+            return False  # cannot be checked: taken for changed
         return True
 
     def span(self, index: int) -> tuple[int, int]:
@@ -323,7 +322,7 @@ def carried_plan(described: Described, start: int, stop: int) -> _Plan | None:
     """The blocks of rows ``[start, stop)`` for a handle to carry to a worker, if few.
 
     A worker's first view then computes no key: a process's first SHA-256
-    costs tens of µs, several times a cached view's whole cost.
+    costs several times a cached view's whole cost.
     """
     if stop <= start or described.row_nbytes == 0:
         return None

@@ -57,12 +57,10 @@ class StoreLock:
             )
         try:
             lock = filelock.ReadWriteLock(self.path, timeout=timeout, is_singleton=False)
-            # The timeout is passed each time: before filelock 4, an acquire
-            # without one waited forever instead of using the instance's.
             if write:
-                lock.acquire_write(timeout=timeout)
+                lock.acquire_write()
             else:
-                lock.acquire_read(timeout=timeout)
+                lock.acquire_read()
         except filelock.Timeout as err:
             other = "open in another process" if write else "open for writing in another process"
             raise LockTimeoutError(

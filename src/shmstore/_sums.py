@@ -27,6 +27,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ._full_write import write_all
 from ._integrity import (
     RANGE_NBYTES,
     Per,
@@ -157,9 +158,7 @@ def write_in_place(
     data = memoryview(np.ascontiguousarray(entries, _DTYPE).tobytes())
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        written = 0
-        while written < len(data):
-            written += os.pwrite(fd, data[written:], offset + first * _ENTRY + written)
+        write_all(fd, data, offset + first * _ENTRY)
     finally:
         os.close(fd)
 

@@ -1,8 +1,8 @@
 """The ``with`` block of a view: holds the array for the block, drops it on exit.
 
 A class rather than ``contextlib.contextmanager``: entering and leaving a
-generator-based context costs a few µs, as much as the rest of a repeated
-view of cached rows.
+generator-based context costs as much as the rest of a repeated view of
+cached rows.
 """
 
 from __future__ import annotations

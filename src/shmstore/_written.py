@@ -33,12 +33,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ._identity import Stat, stat_of
+
+# Stat and stat_of live in _identity.py; the store imports them from here too.
 __all__ = ["Stat", "epoch", "new_epoch", "record", "stat_of", "trusted", "written_path"]
 
 _log = logging.getLogger("shmstore")
-
-Stat = tuple[int, int, int, int]
-"""``(st_dev, st_ino, st_size, st_mtime_ns)`` of a file."""
 
 
 class _Written(BaseModel):
@@ -55,15 +55,6 @@ class _Written(BaseModel):
 def written_path(path: Path) -> Path:
     """The record of shmstore's last write of the HDF5 file *path*."""
     return path.with_name(path.name + ".written")
-
-
-def stat_of(path: str | os.PathLike[str]) -> Stat:
-    """The identity of the file at *path* now.
-
-    :raises OSError: as ``os.stat``.
-    """
-    st = os.stat(path)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _read(path: Path) -> _Written | None:

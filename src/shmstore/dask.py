@@ -34,6 +34,7 @@ import numpy as np
 
 from ._dtype import empty as new_empty
 from ._handle import Handle
+from ._rows import RowsLike
 from ._store import Store, open_store
 from .errors import ArgumentError, CacheFullError, LayoutError, RowsError
 
@@ -83,8 +84,8 @@ def _slot(handle: Handle) -> tuple[str, str, int, int, str | None, int | None]:
         handle.name,
         start,
         stop,
-        handle._cache_directory,
-        handle._cache_budget,
+        handle.cache_directory,
+        handle.cache_budget,
     )
 
 
@@ -93,7 +94,7 @@ def attach(handle: Handle, mode: AttachMode = "auto") -> np.ndarray[Any, Any]:
 
     Call it in a task that received a handle (``client.submit(work, handle)``).
     The first call in a worker process maps the node's copy of the rows,
-    loading it if no process of the node has (one load per node, DESIGN.md
+    loading it if no process of the node has (one load per node, docs/design.md
     invariant 1), and pins it (:meth:`~shmstore.Handle.pin`): later calls with an equal
     handle, from any thread of the process, return the same mapping after one
     ``stat`` per file.  A pinned slice is in use and never evicted; when the
@@ -135,7 +136,7 @@ def pinned() -> list[Handle]:
     """The handles :func:`attach` and :class:`Preload` have pinned in this process."""
     with _PINS_LOCK:
         pins = list(_PINS.values())
-    return [pin.handle for pin in pins if pin.handle._pinned is not None]
+    return [pin.handle for pin in pins if pin.handle.is_pinned]
 
 
 def _unpin(handle: Handle) -> None:
@@ -158,7 +159,7 @@ def unpin_all() -> int:
     dropped = 0
     for pin in pins:
         with pin.lock:
-            dropped += pin.handle._pinned is not None
+            dropped += pin.handle.is_pinned
             pin.handle.unpin()
     return dropped
 
@@ -289,7 +290,7 @@ class _Blocks:
 def from_store(
     store_or_path: Store | str | os.PathLike[str],
     name: str,
-    rows: object = None,
+    rows: RowsLike = None,
     chunks: Any = "auto",
     *,
     cache: Cache | None = None,
@@ -308,6 +309,7 @@ def from_store(
     :param store_or_path: an open :class:`~shmstore.Store`, or the path of an
         HDF5 file (opened read-only for this call).
     :param rows: ``None`` (all), a ``slice`` with step 1, or ``(start, stop)``.
+    :type rows: slice | tuple[int | None, int | None] | None
     :param chunks: as in :func:`dask.array.from_array`.  The default,
         ``"auto"``, splits rows only, in blocks of about dask's
         ``array.chunk-size`` (128 MiB) aligned with the dataset's HDF5
@@ -328,7 +330,7 @@ def from_store(
         return _from_open_store(store, name, rows, chunks)
 
 
-def _from_open_store(store: Store, name: str, rows: object, chunks: Any) -> da.Array:
+def _from_open_store(store: Store, name: str, rows: RowsLike, chunks: Any) -> da.Array:
     info = store.info(name)
     if not info.shape:
         raise RowsError(f"{name!r} is a scalar dataset: read it with store.read({name!r})")

@@ -629,6 +629,27 @@ def _check_array_name(name: object) -> str:
     return check_name(name)
 
 
+def _refuse_hiding(store: SharedNumpyStore, name: str) -> None:
+    """Refuse to write *name* into *store* while a file of the original holds it and it does not.
+
+    The write would hide the file's rows: a later
+    :meth:`SharedNumpyStore.import_original` skips a name the store holds.
+    One ``scandir`` of the working directory; the store is opened only when
+    such a file is there.
+
+    :raises OriginalNotImportedError: there is such a file.
+    """
+    files = originals_named(store.path.parent, name)
+    if not files or name in store:
+        return
+    raise OriginalNotImportedError(
+        f"{files[0].name} in {store.working_dir} holds the original shared_numpy_store's "
+        f"array {name!r}, which is not in the store yet: writing {name!r} now would hide "
+        "its rows. Run import_original() first (append_save then adds to its rows), or "
+        "move the file away if its rows are not wanted"
+    )
+
+
 def _reopen(working_dir: str, cache: Cache | None) -> SharedNumpyStore:
     return SharedNumpyStore(working_dir, cache=cache)
 
@@ -733,6 +754,10 @@ class SharedNumpyStore:
         with self._open("r") as store:
             return store.names()
 
+    def pending_names(self) -> list[str]:
+        """The names whose rows, appended with ``autoflush=False``, wait for :meth:`flush`."""
+        return list(self._pending)
+
     def __contains__(self, name: object) -> bool:
         # One look-up, not a listing: as cheap with 10 arrays as with 100,000.
         if not isinstance(name, str) or not self.path.exists():
@@ -741,25 +766,6 @@ class SharedNumpyStore:
             return name in store
 
     # -- writing ------------------------------------------------------------------
-
-    def _refuse_hiding(self, name: str) -> None:
-        """Refuse to write *name* while a file of the original holds it and the store does not.
-
-        The write would hide the file's rows: a later :meth:`import_original`
-        skips a name the store holds.  One ``scandir`` of the working
-        directory; the store is opened only when such a file is there.
-
-        :raises OriginalNotImportedError: there is such a file.
-        """
-        files = originals_named(self.path.parent, name)
-        if not files or name in self:
-            return
-        raise OriginalNotImportedError(
-            f"{files[0].name} in {self.working_dir} holds the original shared_numpy_store's "
-            f"array {name!r}, which is not in the store yet: writing {name!r} now would hide "
-            "its rows. Run import_original() first (append_save then adds to its rows), or "
-            "move the file away if its rows are not wanted"
-        )
 
     def save(self, arr: object, name: str) -> None:
         """Save *arr* as *name*, replacing an array of that name.
@@ -782,7 +788,7 @@ class SharedNumpyStore:
             :meth:`import_original` first.
         """
         _check_array_name(name)
-        self._refuse_hiding(name)
+        _refuse_hiding(self, name)
         self._pending.pop(name, None)
         with self._open("a") as store:
             store.write(name, arr, appendable=True, overwrite=True)
@@ -803,7 +809,7 @@ class SharedNumpyStore:
         """
         _check_array_name(name)
         if name not in self._pending:
-            self._refuse_hiding(name)
+            _refuse_hiding(self, name)
         rows = np.array(arr, copy=True)  # the caller may reuse its buffer before the flush
         if rows.ndim == 0:
             raise ArgumentError(
@@ -1126,8 +1132,8 @@ def dump(obj: SharedNumpyStore | None, savedir: str | os.PathLike[str]) -> None:
         )
     target = SharedNumpyStore(savedir)
     if isinstance(obj, SharedNumpyStore):
-        for name in [*obj.names(), *obj._pending]:
-            target._refuse_hiding(name)
+        for name in [*obj.names(), *obj.pending_names()]:
+            _refuse_hiding(target, name)
         obj.flush()
         if obj.path.exists() and not (target.path.exists() and obj.path.samefile(target.path)):
             _copy_arrays(obj.path, target.path)
