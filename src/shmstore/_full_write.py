@@ -9,6 +9,7 @@ pieces of at most 1 GiB.
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import TYPE_CHECKING
 
@@ -27,14 +28,16 @@ def write_all(fd: int, data: ReadableBuffer, offset: int | None = None) -> None:
     (``write``), and the position moves past them, as for a journal appended to.
 
     :param data: any C-contiguous buffer; its bytes are written in memory order.
-    :raises OSError: the write fails (``ENOSPC``, ``EIO``, ...); some of the bytes
-        may be written.
+    :raises OSError: the write fails (``ENOSPC``, ``EIO``, ...) or takes no byte;
+        some of the bytes may be written.
     """
     view = memoryview(data).cast("B")
     done = 0
     while done < len(view):
         piece = view[done : done + _PIECE]
-        if offset is None:
-            done += os.write(fd, piece)
-        else:
-            done += os.pwrite(fd, piece, offset + done)
+        written = os.write(fd, piece) if offset is None else os.pwrite(fd, piece, offset + done)
+        if not written:
+            # A regular file never takes 0 bytes of a non-empty write but when it
+            # cannot grow; looping would hang the writer instead of failing it.
+            raise OSError(errno.ENOSPC, "no byte of the write was taken")
+        done += written
