@@ -16,19 +16,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from . import _hdf5, _written
-from ._cache import Cache
 from ._catalog import Catalog
 from ._fill import FileBlock
 from ._memmap import source_block
 from ._opening import OpenFile
 from ._reading import Reader
 from ._rows import RowsLike
-from ._sharing import Described, Fill, block_nbytes, block_target, drop_stale, note, view_rows
 from ._written import Stat, stat_of
 from .errors import (
     ArgumentError,
@@ -39,6 +37,10 @@ from .errors import (
     StoreNotFoundError,
 )
 from .manifest import ArrayInfo
+
+if TYPE_CHECKING:
+    from ._cache import Cache
+    from ._sharing import Described, Fill
 
 __all__ = ["VIEW_MODES", "ViewMode", "Views", "open_views"]
 
@@ -110,6 +112,9 @@ class Views:
         each); made again after any change, and then the node's blocks of
         this dataset that no view will ask for again are removed.
         """
+        # Imported here, as the cache: a store that only reads never needs them.
+        from ._sharing import Described, block_nbytes, block_target, drop_stale, note
+
         known = self._descriptions.get(info.name)
         if (
             known is not None
@@ -176,6 +181,8 @@ class Views:
     def _shared(
         self, info: ArrayInfo, start: int, stop: int
     ) -> tuple[np.ndarray[Any, Any], Described]:
+        from ._sharing import view_rows
+
         described = self.described(info)
         array = view_rows(
             self.cache, described, start, stop, lambda lo, hi: self.block_fill(info, lo, hi)

@@ -13,19 +13,16 @@ Crash behaviour: ``docs/design.md``, "The undo journal", and those modules.
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._appending import Appender
-from ._cache import Cache
 from ._catalog import Catalog
-from ._handle import Handle, cache_for
 from ._names import check_name
 from ._opening import Mode, OpenFile
 from ._reading import Reader
@@ -37,7 +34,19 @@ from ._writing import Writer, check_rows_fit
 from .errors import RowsError
 from .manifest import ArrayInfo, Manifest
 
+if TYPE_CHECKING:
+    from ._cache import Cache
+    from ._handle import Handle
+
 __all__ = ["Mode", "Store", "ViewMode", "check_name", "check_rows_fit", "open_store"]
+
+
+def _default_cache() -> Cache:
+    """The process's default cache; imported and made when first used, not by a store
+    that only reads."""
+    from ._handle import cache_for
+
+    return cache_for(None, None)
 
 
 class Store:
@@ -74,10 +83,7 @@ class Store:
         try:
             self._catalog = catalog = Catalog(opened)
             self._reader = Reader(opened, catalog)
-            # The default cache is made when first used (not by a store that only reads).
-            made: Callable[[], Cache] = (
-                functools.partial(cache_for, None, None) if cache is None else lambda: cache
-            )
+            made: Callable[[], Cache] = _default_cache if cache is None else lambda: cache
             self._views = Views(opened, catalog, self._reader, made)
             trash = Trash(opened, catalog)
             self._writer = Writer(opened, catalog, trash)
@@ -262,6 +268,8 @@ class Store:
 
         :raises ArrayNotFoundError, RowsError, UnsupportedDtypeError: as :meth:`read`.
         """
+        from ._handle import Handle
+
         info, start, stop = self._catalog.rows_of(name, rows)
         if not info.shape:
             raise RowsError(f"{name!r} is a scalar dataset: read it with store.read({name!r})")
