@@ -14,9 +14,9 @@ Two things are set right here as they are found, by a store open for writing:
 * A store of metadata format 1 is migrated to format 2 at its first change,
   in a journaled change of its own (:meth:`Catalog.change`).
 
-Every change of the file runs through :meth:`Catalog.change`: all of it or
-none of it (``_opening``, ``_journal``), with what the catalog knew restored
-when it rolls back.
+Every change that creates or unlinks HDF5 objects, or grows their metadata,
+runs through :meth:`Catalog.change`: all of it or none of it (``_opening``,
+``_journal``), with what the catalog knew restored when it rolls back.
 """
 
 from __future__ import annotations
@@ -169,8 +169,9 @@ class Catalog:
 
     def describe(self, name: str, version: int = 0, *, strict: bool = False) -> ArrayInfo | str:
         """The :class:`ArrayInfo` of dataset *name* from its header, or why it is not served."""
-        # KeyError: HDF5 refused a damaged object header (bad datatype,
-        # dataspace) when opening; the name itself was just listed.
+        # Any h5py error here (a KeyError too: HDF5 refusing a damaged object
+        # header, a bad datatype or dataspace) is a dataset that cannot be
+        # read, not a missing one: its name was just listed.
         try:
             with translated(InvalidStoreError, f"{name!r} cannot be read"):
                 dataset = _hdf5.open_dataset(self._opened.file, name)

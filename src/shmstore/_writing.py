@@ -313,11 +313,11 @@ class Writer:
             return []
         self._opened.reopen_writable()
         sealed = []
+        path = self._opened.path
         with self._catalog.change():
             file = self._opened.file
             for info in chosen:
                 dataset = _hdf5.open_dataset(file, info.name)
-                path = self._opened.path
                 source = None if info.layout == "chunked" else source_block(dataset, info, path)
                 self._trash.move_checksums(info.name)
                 checksums = _sums.for_stored(
