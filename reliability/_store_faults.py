@@ -393,8 +393,12 @@ def _leftovers(store: Any, path: Path) -> list[str]:
     found = []
     if path.with_name(path.name + ".journal").exists():
         found.append("the journal")
-    if len(store._file.get(".shmstore_tmp", ())) > 0:
-        found.append("trashed datasets")
+    import h5py
+
+    # A second, read-only open of the file the store holds open (HDF5 shares it).
+    with h5py.File(path, "r") as file:
+        if len(file.get(".shmstore_tmp", ())) > 0:
+            found.append("trashed datasets")
     referenced = {p for name in store.names() for p in store.source_files(name)}
     raw = path.with_name(path.name + ".raw")
     if raw.is_dir():

@@ -24,7 +24,7 @@ from ._within import Within
 from .errors import RowsError, StoreNotFoundError
 
 if TYPE_CHECKING:
-    from ._store import ViewMode
+    from ._serving import ViewMode
 
 __all__ = ["Handle", "cache_for"]
 
@@ -217,11 +217,11 @@ class Handle:
             found = self._current()
             if found is not None:
                 return found
-        from ._store import open_store
+        from ._serving import open_views
 
         start, stop = self.rows
         try:
-            store = open_store(self.path, "r", cache=self.cache)
+            store = open_views(self.path, self.cache)
         except StoreNotFoundError as err:
             raise StoreNotFoundError(
                 f"the store {self.path} of this handle is gone: {err}"
@@ -233,7 +233,7 @@ class Handle:
                     f"this handle's rows {start}:{stop} are outside {self.name!r}, which now "
                     f"has {info.rows} rows"
                 )
-            array, described = store._view_array(self.name, (start, stop), mode)
+            array, described = store.view_array(self.name, (start, stop), mode)
         if described is not None:
             self._described = described
             if self._pinned is not None:

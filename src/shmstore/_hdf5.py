@@ -19,6 +19,7 @@ from h5py import h5d, h5f, h5p, h5s, h5t, h5z
 
 from ._chunk_index import stored_chunks
 from ._dtype import is_supported, unsupported_reason
+from ._h5errors import ignored, translated
 from .errors import InvalidStoreError
 from .manifest import ArrayInfo, Layout
 
@@ -175,12 +176,8 @@ def walk_datasets(file: h5py.File, skip: tuple[str, ...]) -> list[str]:
         if is_dataset(file, name) and not _skipped(name, skip):
             found.append(name)
 
-    try:
+    with translated(InvalidStoreError, f"{file.filename} is damaged: listing its datasets failed"):
         file.visit(visit)
-    except (RuntimeError, KeyError, OSError) as err:
-        raise InvalidStoreError(
-            f"{file.filename} is damaged: listing its datasets failed ({err})"
-        ) from err
     return sorted(found)
 
 
@@ -195,14 +192,14 @@ def is_dataset(file: h5py.File, name: str) -> bool:
     """
     if not name or name.startswith("/") or any(p in ("", ".", "..") for p in name.split("/")):
         return False
-    try:
-        # A missing name gives None; an exception means a header that is there is damaged.
+    # A missing name gives None; an exception means a header that is there is damaged.
+    with translated(
+        InvalidStoreError,
+        f"{file.filename} is damaged: the HDF5 object {name!r} (or a group on its path) "
+        "cannot be read",
+        advice="restore the file from a copy",
+    ):
         return file.get(name, getclass=True) is h5py.Dataset
-    except (KeyError, ValueError, RuntimeError, OSError) as err:
-        raise InvalidStoreError(
-            f"{file.filename} is damaged: the HDF5 object {name!r} (or a group on its path) "
-            f"cannot be read ({err}); restore the file from a copy"
-        ) from err
 
 
 def first_datasets(file: h5py.File, skip: tuple[str, ...], limit: int) -> list[str]:
@@ -214,7 +211,7 @@ def first_datasets(file: h5py.File, skip: tuple[str, ...], limit: int) -> list[s
             found.append(name)
         return True if len(found) >= limit else None
 
-    with contextlib.suppress(RuntimeError, KeyError, OSError):  # a damaged file: what was found
+    with ignored():  # a damaged file: what was found
         file.visit(visit)
     return found
 
@@ -230,7 +227,7 @@ def open_file(path: Path, mode: str) -> h5py.File:
     process opened with other flags (``locking=False``, ``True``) is opened
     with those; a file system without locks is opened without them.
 
-    :raises OSError: as h5py raises it (see :func:`open_problem`).
+    :raises OSError: as h5py raises it (``_h5errors.open_error`` says what it means).
     """
     refused: list[OSError] = []
     for locking in (None, False, True, "best-effort"):
@@ -246,37 +243,12 @@ def open_file(path: Path, mode: str) -> h5py.File:
     raise refused[0]
 
 
-def open_problem(err: OSError, path: Path) -> tuple[str, bool] | None:
-    """What an h5py open of *path* that failed with *err* ran into, if another open caused it.
-
-    :returns: the explanation and whether another process holds the file
-        (``False``: this process does); ``None`` when *err* is another failure.
-    """
-    text = str(err)
-    if "already open for read-only" in text:
-        why = (
-            f"this process holds {path} open read-only elsewhere (an h5py.File(..., 'r') or a "
-            "store opened with mode 'r'), and HDF5 cannot open one file for writing and for "
-            "reading at once: close that first, or open the store with mode 'r'"
-        )
-        return why, False
-    if "unable to lock file" in text:
-        why = (
-            f"another process holds {path} open through HDF5 (h5py or another tool) and HDF5's "
-            "file lock keeps this open out: close it there first, or set "
-            "HDF5_USE_FILE_LOCKING=FALSE in both programs (shmstore's own lock still "
-            "serialises shmstore's writers)"
-        )
-        return why, True
-    return None
-
-
 def other_opens(file: h5py.File) -> int:
     """How many other HDF5 file handles of this process refer to *file*'s file.
 
     An ``h5py.File`` of the same path, opened by the user beside a store,
     shares HDF5's open file with the store's; shmstore must not write behind
-    its back (see ``Store._begin_change``).
+    its back (see ``OpenFile.check_alone`` in ``_opening``).
     """
     ours = file.id.id
     try:

@@ -30,6 +30,7 @@ import numpy as np
 from h5py import h5a
 from pydantic import ValidationError
 
+from ._h5errors import H5PY_ERRORS, translated
 from .errors import ManifestError
 from .manifest import (
     FORMAT_VERSION,
@@ -87,10 +88,12 @@ def json_attr(obj: h5py.HLObject, attr: str, what: str) -> dict[str, Any]:
     :raises ManifestError: the attribute cannot be read, is not UTF-8 text,
         not JSON, or not a JSON object.
     """
-    try:
+    with translated(
+        ManifestError,
+        f"{what}: the attribute {attr!r} cannot be read",
+        errors=(*H5PY_ERRORS, TypeError),
+    ):
         raw = _read_attr(obj, attr)
-    except (OSError, KeyError, TypeError, ValueError) as err:
-        raise ManifestError(f"{what}: the attribute {attr!r} cannot be read: {err}") from err
     if isinstance(raw, np.ndarray) and raw.shape == ():
         raw = raw[()]
     if isinstance(raw, (bytes, np.bytes_)):

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ._dtype import is_supported, unsupported_reason
-from ._store import check_name
+from ._names import check_name
 from .errors import ArgumentError
 
 __all__ = ["SAVING_SUFFIX", "Original", "originals_named", "parse_dtype_text", "scan"]
