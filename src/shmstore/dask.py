@@ -191,13 +191,13 @@ class Preload(WorkerPlugin):
     def __init__(
         self,
         path: str | os.PathLike[str],
-        names: str | Iterable[str] | Mapping[str, object],
+        names: str | Iterable[str] | Mapping[str, RowsLike],
         *,
         cache: Cache | None = None,
     ) -> None:
         self.path = os.path.abspath(os.fspath(path))
         if isinstance(names, str):
-            wanted: dict[str, object] = {names: None}
+            wanted: dict[str, RowsLike] = {names: None}
         elif isinstance(names, Mapping):
             wanted = dict(names)
         else:
