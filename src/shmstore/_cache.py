@@ -423,30 +423,37 @@ class Cache:
         """
         return self._files.entries()
 
-    def evict(self, keys: Iterable[str] | None = None, *, all: bool = False) -> list[str]:
+    def evict(self, keys: Iterable[str] | None = None, *, all: bool = False) -> list[CacheAction]:
         """Remove the segments *keys*, or every one with ``all=True``, that no process maps.
 
-        A mapped segment is kept (and logged): never waits, never fails for it.
+        A mapped segment is kept: never waits, never fails for it.  A key's
+        retired block (``<key>.stale``) goes with it.
 
-        :returns: the keys removed.
+        :returns: what was done with each file, a :class:`CacheAction` each:
+            ``"removed"``; ``"kept"`` (a process maps it); ``"left alone"``
+            (another user's, not a regular file, or it cannot be removed:
+            the reason says which); ``"gone"`` (a key not cached, or
+            evicted meanwhile by another process).  The keys removed are
+            ``[a.key for a in actions if a.outcome == "removed"]``.
         :raises ArgumentError: neither *keys* nor ``all=True``, or both.
         :raises SegmentError: one of *keys* is not a key.
         """
         if all == (keys is not None):
             raise ArgumentError("evict() takes the keys to evict, or all=True (not both)")
         if all:
-            actions = _cache_gc.evict(self._files, None)
-        else:
-            asked = [keys] if isinstance(keys, str) else list(keys or ())
-            actions = _cache_gc.evict(self._files, [check_key(k) for k in asked])
-        return [a.key for a in actions if a.outcome == "removed"]
+            return _cache_gc.evict(self._files, None)
+        asked = [keys] if isinstance(keys, str) else list(keys or ())
+        return _cache_gc.evict(self._files, [check_key(k) for k in asked])
 
-    def clear(self) -> list[str]:
-        """Evict every segment no process maps; returns the keys removed."""
+    def clear(self) -> list[CacheAction]:
+        """Evict every segment no process maps: ``evict(all=True)``.
+
+        :returns: what was done with each file (see :meth:`evict`).
+        """
         return self.evict(all=True)
 
-    def gc(self, *, dry_run: bool = False) -> list[str]:
-        """Remove what no process needs, and return the names of the files removed.
+    def gc(self, *, dry_run: bool = False) -> list[CacheAction]:
+        """Remove what no process needs, and say what was done with each file of the cache.
 
         * temporary files of loaders that died (no lock on them);
         * lock files of keys with no segment, that no load holds;
@@ -457,10 +464,20 @@ class Cache:
         * symbolic links planted under a cache file's name.
 
         Never a mapped segment; never a file of another user or a file of a
-        name shmstore does not make (each kept file is logged, with why).
+        name shmstore does not make.
 
-        :param dry_run: remove nothing; return the names of the files that
-            would be removed now (garbage that no process holds).
+        :param dry_run: remove nothing; say which files would be removed
+            now (garbage that no process holds).
+        :returns: a :class:`CacheAction` for every file of the directory, in
+            the order looked at (lock files last): ``"removed"`` (or
+            ``"would remove"`` in a dry run) with why it was garbage;
+            ``"kept"`` with why (``"in use: a process maps it"``,
+            ``"current: ..."``, the lock of a cached segment);
+            ``"left alone"`` with why (another user's, a name shmstore does
+            not make, it cannot be removed); ``"gone"`` (removed meanwhile
+            by another process).  The names removed are ``[a.name for a in
+            actions if a.outcome == "removed"]``.
+        :raises SegmentError: the budget lock cannot be taken (the cache
+            directory is not writable, or a link is planted under its name).
         """
-        actions = _cache_gc.gc(self._files, dry_run=dry_run)
-        return [a.name for a in actions if a.outcome in ("removed", "would remove")]
+        return _cache_gc.gc(self._files, dry_run=dry_run)

@@ -38,7 +38,7 @@ _CHANGED_IN_USE = "in use: its file changed, but a process maps it; gc removes i
 def _record(path: str, outcome: Outcome, reason: str) -> CacheAction:
     name = path.rsplit(os.sep, 1)[-1]
     kind, key = kind_of(name)
-    return CacheAction(name, key, kind.label, outcome, reason)
+    return CacheAction(name=name, key=key, kind=kind.label, outcome=outcome, reason=reason)
 
 
 # -- evict ----------------------------------------------------------------------------

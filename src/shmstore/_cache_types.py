@@ -24,7 +24,7 @@ Outcome = Literal["removed", "would remove", "kept", "left alone", "gone"]
 """What :meth:`Cache.gc` or :meth:`Cache.evict` did with a file (see :class:`CacheAction`)."""
 
 
-class CacheAction(NamedTuple):
+class CacheAction(BaseModel):
     """What :meth:`Cache.gc` or :meth:`Cache.evict` did with one file of the cache, and why.
 
     :param name: the file's name in the cache directory: ``<key>.seg`` (a
@@ -44,6 +44,8 @@ class CacheAction(NamedTuple):
     :param reason: why, in plain words (``"in use: a process maps it"``,
         ``"left by a loader that died"``).
     """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
     key: str
