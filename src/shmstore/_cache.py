@@ -108,8 +108,8 @@ class Cache:
         chosen = default_directory() if directory is None else Path(directory)
         # abspath, not resolve: the last component must not be a link, and is checked.
         self.directory = Path(os.path.abspath(chosen))
-        self._files = CacheDirectory(self.directory)
-        self._files.prepare()
+        self._dir = CacheDirectory(self.directory)
+        self._dir.prepare()
         self.budget = choose_budget(budget, self.directory)
 
     def __repr__(self) -> str:
@@ -118,7 +118,7 @@ class Cache:
     @property
     def prefix(self) -> str:
         """The directory with a trailing separator: file names are appended to it."""
-        return self._files.prefix
+        return self._dir.prefix
 
     def __reduce__(self) -> tuple[type[Cache], tuple[str, int]]:
         return (type(self), (str(self.directory), self.budget))
@@ -155,9 +155,8 @@ class Cache:
         :raises SegmentError: *key* is not a key, or the file is damaged,
             foreign or unsafe (it is never mapped).
         """
-        array = map_segment(
-            self._files.segment_path(check_key(key)), key, recheck=recheck, writable=writable
-        )
+        key = check_key(key)
+        array = map_segment(self._dir.segment_path(key), key, recheck=recheck, writable=writable)
         if array is None:
             raise SegmentNotFoundError(
                 f"the cache {self.directory} holds no segment {key}: it was never loaded "
@@ -170,7 +169,7 @@ class Cache:
     ) -> np.ndarray[Any, Any] | None:
         """Like :meth:`attach`, but ``None`` when there is no segment *key*."""
         key = check_key(key)
-        return map_segment(self._files.segment_path(key), key, recheck=recheck, writable=writable)
+        return map_segment(self._dir.segment_path(key), key, recheck=recheck, writable=writable)
 
     def header(self, key: str) -> SegmentHeader:
         """The header of segment *key*: what it holds and what it is a copy of.
@@ -182,7 +181,7 @@ class Cache:
         :raises SegmentNotFoundError: no such segment.
         :raises SegmentError: *key* is not a key, or the file is damaged, foreign or unsafe.
         """
-        path = self._files.segment_path(check_key(key))
+        path = self._dir.segment_path(check_key(key))
         mapped = mapped_header(path)
         if mapped is not None:
             return mapped
@@ -211,7 +210,7 @@ class Cache:
         :raises SegmentError: *key* is not a key, or the name cannot be
             removed (a read-only cache directory).
         """
-        path = self._files.segment_path(check_key(key))
+        path = self._dir.segment_path(check_key(key))
         forget(path)  # this process must not hand out its old mapping under the name again
         try:
             os.unlink(path)
@@ -259,7 +258,7 @@ class Cache:
         dtype = np.dtype(dtype)
         shape = tuple(operator.index(n) for n in shape)
         header = new_header(key, source, dtype, shape, named=True, writable=writable)
-        return _cache_load.create(self._files, self.budget, header, fill)
+        return _cache_load.create(self._dir, self.budget, header, fill)
 
     def lookup(self, source: SegmentSource) -> np.ndarray[Any, Any] | None:
         """The node's copy of *source*, mapped read-only, or ``None``; never loads.
@@ -267,7 +266,7 @@ class Cache:
         :raises SegmentError: the file of its key is damaged, foreign or unsafe.
         """
         key = segment_key(source)
-        return map_segment(self._files.segment_path(key), key)
+        return map_segment(self._dir.segment_path(key), key)
 
     def get(
         self,
@@ -321,10 +320,10 @@ class Cache:
         shape = tuple(operator.index(n) for n in shape)
         recheck = key is not None
         key = segment_key(source) if key is None else check_key(key)
-        array = map_segment(self._files.segment_path(key), key, recheck=recheck)
+        array = map_segment(self._dir.segment_path(key), key, recheck=recheck)
         if array is None:
             array = _cache_load.load_once(
-                self._files,
+                self._dir,
                 self.budget,
                 new_header(key, source, dtype, shape),
                 fill,
@@ -379,7 +378,7 @@ class Cache:
             reserved, or the cache directory cannot be written.
         """
         return _cache_load.map_blocks(
-            self._files,
+            self._dir,
             self.budget,
             blocks,
             source=source,
@@ -403,7 +402,7 @@ class Cache:
 
         :returns: the keys retired.
         """
-        return _cache_gc.drop_blocks(self._files, prefix, stale)
+        return _cache_gc.drop_blocks(self._dir, prefix, stale)
 
     def remove_retired(self, keys: Sequence[str]) -> None:
         """Remove the retired blocks (:meth:`drop_blocks`) among *keys* that no process maps.
@@ -411,7 +410,7 @@ class Cache:
         For a process that unmaps blocks it knows are retired: the last
         process to unmap a retired block removes it.
         """
-        _cache_gc.remove_retired(self._files, keys)
+        _cache_gc.remove_retired(self._dir, keys)
 
     # -- inspection, eviction, garbage collection ---------------------------------
 
@@ -421,7 +420,7 @@ class Cache:
         Files that are not valid segments are left out, each with a warning
         in the log (``gc`` removes the damaged ones).
         """
-        return self._files.entries()
+        return self._dir.entries()
 
     def evict(self, keys: Iterable[str] | None = None, *, all: bool = False) -> list[CacheAction]:
         """Remove the segments *keys*, or every one with ``all=True``, that no process maps.
@@ -441,9 +440,9 @@ class Cache:
         if all == (keys is not None):
             raise ArgumentError("evict() takes the keys to evict, or all=True (not both)")
         if all:
-            return _cache_gc.evict(self._files, None)
+            return _cache_gc.evict(self._dir, None)
         asked = [keys] if isinstance(keys, str) else list(keys or ())
-        return _cache_gc.evict(self._files, [check_key(k) for k in asked])
+        return _cache_gc.evict(self._dir, [check_key(k) for k in asked])
 
     def clear(self) -> list[CacheAction]:
         """Evict every segment no process maps: ``evict(all=True)``.
@@ -480,4 +479,4 @@ class Cache:
         :raises SegmentError: the budget lock cannot be taken (the cache
             directory is not writable, or a link is planted under its name).
         """
-        return _cache_gc.gc(self._files, dry_run=dry_run)
+        return _cache_gc.gc(self._dir, dry_run=dry_run)

@@ -306,8 +306,10 @@ class CacheDirectory:
         """The directory with a trailing separator: file names are appended to it."""
 
     def prepare(self) -> None:
-        """Create the directory 0700, or check it is this user's and private (see
-        :func:`prepare_directory`)."""
+        """Create the directory 0700, or check it is this user's and private.
+
+        :raises SegmentError: see :func:`prepare_directory`.
+        """
         prepare_directory(self.path)
 
     def segment_path(self, key: str) -> str:
