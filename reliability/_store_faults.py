@@ -287,7 +287,9 @@ class KillCase:
 
 
 def _python_env(cache_dir: str) -> dict[str, str]:
-    return {**os.environ, "SHMSTORE_DIR": cache_dir, "PYTHONPATH": str(HERE.parent)}
+    # The caller's PYTHONPATH is kept: a child must import the same shmstore as its parent.
+    path = [str(HERE.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "SHMSTORE_DIR": cache_dir, "PYTHONPATH": os.pathsep.join(path)}
 
 
 class Lines:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from shmstore import _cache
-from shmstore._cache import Cache
+from shmstore._cache import Cache, CacheAction
 from shmstore._segment import FileIdentity, SegmentSource
 from shmstore.errors import CacheFullError
 
@@ -30,6 +30,16 @@ SHM = Path("/dev/shm")
 ROWS, WIDTH = 256, 512  # 1 MiB of float64
 F8 = np.dtype("<f8")
 SHAPE = (ROWS, WIDTH)
+
+
+def removed_names(actions: list[CacheAction]) -> list[str]:
+    """The names of the files ``Cache.gc`` removed (or, in a dry run, would remove)."""
+    return [a.name for a in actions if a.outcome in ("removed", "would remove")]
+
+
+def evicted_keys(actions: list[CacheAction]) -> list[str]:
+    """The keys whose files ``Cache.evict`` (or ``clear``) removed."""
+    return [a.key for a in actions if a.outcome == "removed"]
 
 
 def expected(version: int = 0) -> np.ndarray[Any, Any]:

@@ -23,7 +23,7 @@ import pytest
 from shmstore import Cache, CacheFullError, ReadOnlyError, SegmentExistsError
 from shmstore._segment import SegmentSource
 
-from ._cache_children import make_source
+from ._cache_children import evicted_keys, make_source, removed_names
 
 pytest_plugins = ["tests.cache_fixtures"]
 
@@ -140,12 +140,13 @@ def test_evict_and_gc_remove_a_named_array_only_once_no_process_maps_it(cache: C
     held = cache.create(KEY, _named("a", 2), np.dtype("<f8"), (2,))
     cache.create(OTHER_KEY, _named("b", 2), np.dtype("<f8"), (2,))
     gc.collect()
-    removed = cache.gc()  # the named array b: nothing maps it, its processes are gone
+    # the named array b: nothing maps it, its processes are gone
+    removed = removed_names(cache.gc())
     assert [name for name in removed if name.endswith(".seg")] == [f"{OTHER_KEY}.seg"]
-    assert cache.evict([KEY]) == []  # mapped here
+    assert evicted_keys(cache.evict([KEY])) == []  # mapped here
     del held
     gc.collect()
-    assert cache.evict([KEY]) == [KEY]
+    assert evicted_keys(cache.evict([KEY])) == [KEY]
 
 
 def test_entries_say_which_segments_are_named_and_writable(cache: Cache, origin: Path) -> None:

@@ -22,7 +22,15 @@ from shmstore._cache import Cache
 from shmstore.errors import CacheFullError, SegmentError
 
 from . import _cache_children as children
-from ._cache_children import F8, SHAPE, expected, fill_expected, forkserver, make_source
+from ._cache_children import (
+    F8,
+    SHAPE,
+    evicted_keys,
+    expected,
+    fill_expected,
+    forkserver,
+    make_source,
+)
 
 pytest_plugins = ["tests.cache_fixtures"]
 
@@ -111,8 +119,8 @@ def test_evict_and_gc_on_a_read_only_file_system_keep_segments_without_raising(
     cache.get(source, F8, SHAPE, fill_expected())
     gc.collect()
     _read_only(small_tmpfs)
-    assert cache.evict([cache.key(source)]) == []
-    assert cache.clear() == []
+    assert evicted_keys(cache.evict([cache.key(source)])) == []
+    assert evicted_keys(cache.clear()) == []
     assert (cache.directory / f"{cache.key(source)}.seg").exists()
 
 

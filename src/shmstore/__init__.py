@@ -32,7 +32,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from . import shared_numpy_store
-    from ._cache import Cache, CacheEntry
+    from ._cache import Cache, CacheAction, CacheEntry
     from ._handle import Handle
     from ._store import Store
     from ._store import open_store as open
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "ArrayInfo": (".manifest", "ArrayInfo"),
     "Cache": ("._cache", "Cache"),
+    "CacheAction": ("._cache", "CacheAction"),
     "CacheEntry": ("._cache", "CacheEntry"),
     "Checksums": (".manifest", "Checksums"),
     "Handle": ("._handle", "Handle"),
@@ -76,6 +77,7 @@ __all__ = [
     "ArrayInfo",
     "ArrayNotFoundError",
     "Cache",
+    "CacheAction",
     "CacheEntry",
     "CacheFullError",
     "Checksums",

@@ -112,7 +112,8 @@ def _parser() -> argparse.ArgumentParser:
         "changed or is gone, damaged files; never a slice a process maps",
         "directory; dry_run; removed [file names] (with --dry-run: what would go); "
         "kept {key: why} for every slice left; kept_in_use [keys a process maps]; notes "
-        "[what the cache logged about files it left alone].",
+        "[the files gc left alone, and why]; actions [{name, key, kind, outcome, reason} "
+        "for every file of the cache, as Cache.gc returns them].",
         "_cache_cmds.gc",
     )
     sub.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
@@ -121,7 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = command(
         "evict",
         "remove the cached slices KEY... (or every one with --all) that no process maps",
-        "directory; evicted [keys removed]; kept {key: why} (mapped by a process, or not cached).",
+        "directory; evicted [keys removed]; kept {key: why} (mapped by a process, or not "
+        "cached); actions [{name, key, kind, outcome, reason} for each file, as Cache.evict "
+        "returns them].",
         "_cache_cmds.evict",
     )
     sub.add_argument("keys", nargs="*", metavar="KEY", help="keys as `shmstore ls` shows them")

@@ -7,15 +7,13 @@ import logging
 import shutil
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .._cache import Cache, CacheEntry
+from .._cache import Cache, CacheAction, CacheEntry
 from .._sharing import retire_dataset
 from .._store import open_store
-from ..errors import ArrayNotFoundError, SegmentError, ShmStoreError
+from ..errors import ArrayNotFoundError, ShmStoreError
 from ._format import count, emit_json, human_bytes, table
 
 __all__ = ["evict", "gc", "ls"]
@@ -136,68 +134,6 @@ def ls(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Collect(logging.Handler):
-    """Keeps the messages shmstore logs while a cache operation runs."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@contextmanager
-def _collected() -> Iterator[list[str]]:
-    """The messages (INFO and up) of the ``shmstore`` logger while the block runs.
-
-    The cache logs why it removed or left each file; ``gc`` reports those.
-    """
-    logger = logging.getLogger("shmstore")
-    handler = _Collect()
-    level = logger.level
-    quieted: list[tuple[logging.Handler, int]] = []
-    if logger.getEffectiveLevel() > logging.INFO:
-        # Hear INFO, but let the other handlers (main()'s stderr) show no more than before.
-        quieted = [(h, h.level) for h in logger.handlers]
-        for h, _ in quieted:
-            h.setLevel(max(h.level, logger.getEffectiveLevel()))
-        logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    try:
-        yield handler.messages
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-        for h, old in quieted:
-            h.setLevel(old)
-
-
-def _why_kept(cache: Cache, entry: CacheEntry) -> str:
-    """Why ``gc`` left *entry*: it is current, or a process maps it."""
-    try:
-        source = cache.header(entry.key).source
-        # A block outlives appends (they only grow its files); a whole slice does not.
-        block = source.block is not None
-        stale = not all(i.may_still_hold() if block else i.is_current() for i in source.identity)
-    except (OSError, SegmentError):
-        stale = False
-    if entry.stale:
-        return (
-            "in use: a block of an old generation of its dataset, which a process maps; "
-            "removed when the last process unmaps it"
-        )
-    if entry.named and not entry.in_use:
-        return "a named array no process maps: gc removes it"
-    if entry.named:
-        return "in use: a process maps this named array"
-    if entry.in_use:
-        if stale:
-            return "in use: its file changed, but a process maps it; gc removes it once unmapped"
-        return "in use: a process maps it"
-    return "current: the rows it holds are unchanged (evict it to free the space)"
-
-
 def _retire_old_generations(cache: Cache) -> None:
     """Retire the blocks no view will ask for again: of a dataset changed or deleted since.
 
@@ -227,35 +163,55 @@ def _retire_old_generations(cache: Cache) -> None:
                     continue
 
 
+def _kept(actions: list[CacheAction], dry_run: bool) -> dict[str, str]:
+    """Key -> why, for each segment and retired block the cache still holds after ``gc``.
+
+    In a dry run nothing is removed, so the files it would remove are listed
+    too, saying so.
+    """
+    kept = {}
+    for a in actions:
+        if a.kind not in ("segment", "stale block"):
+            continue
+        if a.outcome == "kept":
+            kept[a.key] = a.reason
+        elif a.outcome == "would remove":
+            kept[a.key] = f"{a.reason}: gc removes it"
+    return kept
+
+
 def gc(args: argparse.Namespace) -> int:
     """Remove what no process needs: files of dead loaders, old or damaged blocks."""
     cache = _cache(args)
-    with _collected() as messages:
-        if not args.dry_run:
-            _retire_old_generations(cache)
-        removed = cache.gc(dry_run=args.dry_run)
-    entries = cache.entries()
-    kept = {e.key: _why_kept(cache, e) for e in entries}
-    kept_in_use = [e.key for e in entries if e.in_use]
-    notes = [m for m in messages if "left" in m and "alone" in m]
+    if not args.dry_run:
+        _retire_old_generations(cache)
+    actions = cache.gc(dry_run=args.dry_run)
+    removed = [a for a in actions if a.outcome in ("removed", "would remove")]
+    kept = _kept(actions, args.dry_run)
+    kept_in_use = [e.key for e in cache.entries() if e.in_use]
+    notes = [
+        f"gc left {cache.directory / a.name} alone: {a.reason}"
+        for a in actions
+        if a.outcome == "left alone"
+    ]
     if args.json:
         emit_json(
             {
                 "directory": str(cache.directory),
                 "dry_run": args.dry_run,
-                "removed": removed,
+                "removed": [a.name for a in removed],
                 "kept": kept,
                 "kept_in_use": kept_in_use,
                 "notes": notes,
+                "actions": [a.model_dump(mode="json") for a in actions],
             }
         )
         return 0
     verb = "would remove" if args.dry_run else "removed"
     if removed:
-        reasons = _reasons(messages)
         print(f"{verb} {count(len(removed), 'file')} from {cache.directory}:")
-        for name in removed:
-            print(f"  {name}" + (f": {reasons[name]}" if name in reasons else ""))
+        for a in removed:
+            print(f"  {a.name}: {a.reason}")
     else:
         print(f"nothing to collect in {cache.directory}")
     for key, why in kept.items():
@@ -263,17 +219,6 @@ def gc(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"note: {note}")
     return 0
-
-
-def _reasons(messages: list[str]) -> dict[str, str]:
-    """File name -> why, from the cache's ``gc removed NAME: WHY`` messages."""
-    reasons = {}
-    for message in messages:
-        for prefix in ("gc removed ", "gc would remove "):
-            if message.startswith(prefix):
-                name, _, why = message[len(prefix) :].partition(": ")
-                reasons[name] = why
-    return reasons
 
 
 def evict(args: argparse.Namespace) -> int:
@@ -288,22 +233,26 @@ def evict(args: argparse.Namespace) -> int:
     cache = _cache(args)
     before = {e.key: e for e in cache.entries()}
     asked = list(before) if args.all else list(dict.fromkeys(args.keys))
-    removed = cache.evict(asked) if asked else []
-    after = {e.key: e for e in cache.entries()} if len(removed) < len(asked) else {}
+    actions = cache.evict(asked) if asked else []
+    removed = list(dict.fromkeys(a.key for a in actions if a.outcome == "removed"))
     kept = {}
     for key in asked:
         if key in removed:
             continue
-        if key not in before:
-            kept[key] = "not cached (nothing to do)"
-        elif key not in after:
-            kept[key] = "gone already: another process evicted it meanwhile"
-        elif after[key].in_use:
-            kept[key] = "in use: a process maps it"
-        else:
-            kept[key] = "left alone: not this user's regular file (the warning on stderr says why)"
+        # Its segment, and its retired block if it has one: say what is there.
+        mine = [a for a in actions if a.key == key]
+        chosen = next((a for a in mine if a.outcome != "gone"), mine[0])
+        left_alone = chosen.outcome == "left alone"
+        kept[key] = f"left alone: {chosen.reason}" if left_alone else chosen.reason
     if args.json:
-        emit_json({"directory": str(cache.directory), "evicted": removed, "kept": kept})
+        emit_json(
+            {
+                "directory": str(cache.directory),
+                "evicted": removed,
+                "kept": kept,
+                "actions": [a.model_dump(mode="json") for a in actions],
+            }
+        )
         return 0
     if not asked:
         print(f"nothing to evict: {cache.directory} holds no slices")
