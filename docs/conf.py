@@ -40,6 +40,12 @@ myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
 
 autodoc_member_order = "bysource"
+# Signatures show the aliases by name, linked to their entry, not spelled out.
+autodoc_type_aliases = {
+    "RowsLike": "shmstore.RowsLike",
+    "Mode": "shmstore.Mode",
+    "ViewMode": "shmstore.ViewMode",
+}
 autodoc_typehints = "description"
 autodoc_typehints_description_target = "documented_params"
 autodoc_default_options = {"show-inheritance": True}

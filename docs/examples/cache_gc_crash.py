@@ -40,7 +40,7 @@ worker = subprocess.Popen(
     text=True,
 )
 print("worker:", worker.stdout.readline().strip())
-print("evicted while mapped:", cache.evict(all=True))  # [] : in use, kept
+print("evicted while mapped:", [a.outcome for a in cache.evict(all=True)])  # in use: kept
 assert [e.in_use for e in cache.entries()] == [True]
 
 worker.kill()  # SIGKILL: no cleanup code runs in the worker

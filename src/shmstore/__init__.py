@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from . import shared_numpy_store
     from ._cache import Cache, CacheAction, CacheEntry
     from ._handle import Handle
+    from ._opening import Mode
+    from ._rows import RowsLike
+    from ._serving import ViewMode
     from ._store import Store
     from ._store import open_store as open
     from .manifest import ArrayInfo, Checksums, Manifest
@@ -49,6 +52,9 @@ _LAZY = {
     "Checksums": (".manifest", "Checksums"),
     "Handle": ("._handle", "Handle"),
     "Manifest": (".manifest", "Manifest"),
+    "Mode": ("._opening", "Mode"),
+    "RowsLike": ("._rows", "RowsLike"),
+    "ViewMode": ("._serving", "ViewMode"),
     "Store": ("._store", "Store"),
     "open": ("._store", "open_store"),
     "shared_numpy_store": (".shared_numpy_store", ""),
@@ -88,9 +94,11 @@ __all__ = [
     "LockTimeoutError",
     "Manifest",
     "ManifestError",
+    "Mode",
     "NotContiguousError",
     "ReadOnlyError",
     "RowsError",
+    "RowsLike",
     "SegmentError",
     "SegmentExistsError",
     "SegmentNotFoundError",
@@ -99,6 +107,7 @@ __all__ = [
     "StoreNotFoundError",
     "Uninterruptible",
     "UnsupportedDtypeError",
+    "ViewMode",
     "__version__",
     "open",
     "shared_numpy_store",
