@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from shmstore._cache import Cache, default_directory, parse_budget
-from shmstore.errors import ArgumentError, ShmStoreError
+from shmstore.errors import ArgumentError, SegmentError, ShmStoreError
 
 pytest_plugins = ["tests.cache_fixtures"]
 
@@ -116,3 +116,10 @@ def test_a_relative_directory_is_made_absolute(
 def test_an_empty_directory_path_is_refused() -> None:
     with pytest.raises(ArgumentError, match="empty path"):
         Cache(directory="")
+
+
+def test_a_directory_that_cannot_be_made_is_a_segment_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SegmentError, match="SHMSTORE_DIR"):
+        Cache(directory=blocker / "cache")

@@ -221,13 +221,18 @@ def test_invariant_4_cache_full_error_names_bytes_needed_and_holders(
     assert not any(n.endswith(".tmp") for n in names(cache_dir))
     assert cache.lookup(c) is None
     np.testing.assert_array_equal(held[0], expected(0))
+    del held
+    gc.collect()
+    np.testing.assert_array_equal(_get(cache, c), expected(2))  # room once they are let go
 
 
 def test_invariant_4_a_slice_larger_than_the_budget_is_refused_before_loading(
     cache_dir: Path, origin: Path
 ) -> None:
     cache = Cache(directory=cache_dir, budget=SEGMENT_FILE - 1)
-    with pytest.raises(CacheFullError, match=f"needs {SEGMENT_FILE} bytes.*whole budget"):
+    with pytest.raises(
+        CacheFullError, match=f"needs {SEGMENT_FILE} bytes.*whole budget of {SEGMENT_FILE - 1}"
+    ):
         _get(cache, make_source(origin))
     assert not any(n.endswith((".tmp", ".seg")) for n in names(cache_dir))
 

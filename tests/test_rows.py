@@ -206,8 +206,8 @@ def test_a_result_is_always_inside_the_dataset_or_an_error(
 @given(length=st.integers(0, 100), beyond=st.integers(1, 10**9))
 def test_a_bound_past_either_end_is_never_clipped(length: int, beyond: int) -> None:
     for rows in [(0, length + beyond), (-length - beyond, None), slice(length + beyond, None)]:
-        with pytest.raises(RowsError, match=f"which has {length} rows"):
-            resolve_rows(rows, length, "d")
+        with pytest.raises(RowsError, match=f"'spikes', which has {length} rows"):
+            resolve_rows(rows, length, "spikes")
 
 
 @given(start=st.integers(0, 10**9), count=st.integers(0, 10**9), row=st.integers(0, 1 << 20))

@@ -731,3 +731,31 @@ def test_a_writer_waits_for_readers(sample_store: SampleStore) -> None:
     path = sample_store()
     with held(path, "r"), pytest.raises(shmstore.LockTimeoutError):
         shmstore.open(path, "a", lock_timeout=0.3)
+
+
+def test_opening_a_store_this_thread_holds_for_writing_fails_at_once(store_path: Path) -> None:
+    with shmstore.open(store_path, "w") as writer:
+        writer.write("x", np.arange(3))
+        handle = writer.handle("x")
+        started = time.monotonic()
+        with pytest.raises(shmstore.LockTimeoutError, match="in this thread already"):
+            shmstore.open(store_path, "r", lock_timeout=30)
+        with pytest.raises(shmstore.LockTimeoutError, match="in this thread already"):
+            handle.view("shared")  # would open the store to load the rows
+        assert time.monotonic() - started < 5  # not the 30 s timeout
+    with handle.view("shared") as array:  # closed: the handle opens it
+        np.testing.assert_array_equal(array, np.arange(3))
+
+
+def test_writing_a_store_this_thread_reads_fails_at_once(store_path: Path) -> None:
+    with shmstore.open(store_path, "w") as writer:
+        writer.write("x", np.arange(3))
+    with (
+        shmstore.open(store_path) as reader,
+        shmstore.open(store_path) as second,
+    ):  # readers share it
+        assert reader.names() == second.names() == ["x"]
+        with pytest.raises(shmstore.LockTimeoutError, match="for reading in this thread"):
+            shmstore.open(store_path, "a", lock_timeout=30)
+    with shmstore.open(store_path, "a", lock_timeout=1):  # once closed, it opens
+        pass

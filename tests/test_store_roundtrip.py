@@ -33,7 +33,7 @@ LAYOUTS: dict[str, dict[str, Any]] = {
     "chunked": {"chunks": True},
     "gzip": {"compression": "gzip"},
     "appendable-external": {"appendable": True},
-    "appendable-chunked": {"appendable": True, "chunks": True},
+    "appendable-chunked": {"appendable": True, "compression": "lzf"},
     "appended-external": {"appended": "external"},
     "appended-chunked": {"appended": "chunked"},
 }
@@ -372,6 +372,22 @@ class TestViewMemmap(MappingContract):
     def get(self, store: shmstore.Store, name: str, rows: object) -> np.ndarray:
         with store.view(name, rows, mode="memmap") as array:
             return array
+
+
+@given(case=cases())
+def test_a_shared_view_holds_the_rows_read_gives(case: tuple[np.ndarray, object, int]) -> None:
+    """Through the node cache: a shared view of rows *r* is what ``read`` gives."""
+    array, rows, _split = case
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        tempfile.TemporaryDirectory(dir="/dev/shm") as cache_dir,
+    ):
+        path = Path(tmp) / "s.h5"
+        with shmstore.open(path, "w") as store:
+            store.write("d", array)
+        cache = shmstore.Cache(directory=Path(cache_dir) / "cache")
+        with shmstore.open(path, cache=cache) as store, store.view("d", rows, "shared") as got:
+            assert_same(np.asarray(got), _expected(array, rows), f"shared rows={rows!r}")
 
 
 # -- what may be written ----------------------------------------------------------------
