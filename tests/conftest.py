@@ -9,8 +9,9 @@ others live beside their tests.  Every folder is a package, so processes
 started with ``spawn`` or ``forkserver`` import a helper by its module name
 (``tests.sharing._children_blocks``) as the parent did.
 
-Profiles: ``ci`` (the default: about 40 examples a test, fast) and ``deep``
-(thousands, for a hunt); pick one with ``HYPOTHESIS_PROFILE=deep``.
+Hypothesis profiles: ``dev`` (the default: 10 examples a test, for the
+edit-test loop), ``ci`` (40 examples; tox, and so CI, sets it) and ``deep``
+(1,000, for a hunt); pick one with ``HYPOTHESIS_PROFILE=deep``.
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ from shmstore._cache import Cache
 from tests._cache_children import SHM
 
 settings.register_profile(
+    "dev", max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
     "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile(
     "deep", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 @pytest.fixture
