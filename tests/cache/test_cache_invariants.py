@@ -41,6 +41,9 @@ SEGMENT_FILE = PAGE + ROWS * WIDTH * 8  # bytes of one segment file of SHAPE
 # -- 1. one copy per node --------------------------------------------------------------
 
 
+# Slow: 8 spawned processes.  Not slow: the threads test below, and
+# tests/sharing/test_blocks.py::test_processes_asking_at_once_load_each_block_exactly_once.
+@pytest.mark.slow
 def test_invariant_1_one_copy_per_node_under_stampede(
     cache: Cache, origin: Path, tmp_path: Path
 ) -> None:
@@ -105,6 +108,11 @@ def test_invariant_1_one_load_when_threads_of_one_process_ask_at_once(
 # -- 2. never partial ------------------------------------------------------------------
 
 
+# Slow: 24 loaders killed.  Not slow: one killed loader, in
+# test_a_loader_killed_mid_load_leaves_nothing_mapped_and_the_next_process_loads_it
+# (tests/sharing/test_blocks.py) and test_a_killed_loaders_leftover_counts_against_no_budget
+# (tests/cache/test_hardening_cache_faults.py).
+@pytest.mark.slow
 def test_invariant_2_never_partial_when_the_loader_is_killed(cache: Cache, origin: Path) -> None:
     context = forkserver()
     rng = random.Random(20260525)

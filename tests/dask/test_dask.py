@@ -146,6 +146,9 @@ def test_200_tasks_on_4_workers_share_one_copy_and_far_less_private_memory(
     )
 
 
+# Slow: a cluster of its own.  Not slow: the threads of one process in
+# test_attach_from_many_threads_at_once_maps_once, below.
+@pytest.mark.slow
 def test_several_threads_per_worker_share_one_mapping_per_process(
     data_dir: Path, tmp_path: Path
 ) -> None:

@@ -23,6 +23,9 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "docs" / "examples").glob("*.py"))
+WITH_WORKERS = {"dask_from_store", "dask_handles", "sharing_workers"}
+"""Examples that start a Dask cluster or worker processes: marked slow, as what they
+show is also tested quickly in tests/dask/ and tests/sharing/."""
 
 
 @pytest.fixture
@@ -52,7 +55,15 @@ def test_the_guide_has_examples() -> None:
     assert len(EXAMPLES) >= 10
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=[path.stem for path in EXAMPLES])
+@pytest.mark.parametrize(
+    "example",
+    [
+        pytest.param(
+            path, id=path.stem, marks=[pytest.mark.slow] if path.stem in WITH_WORKERS else []
+        )
+        for path in EXAMPLES
+    ],
+)
 def test_example_runs_and_prints_its_ok_line(
     example: Path, tmp_path: Path, cache_directory: Path
 ) -> None:
