@@ -21,12 +21,12 @@ import pytest
 
 pytest.importorskip("distributed", reason="needs the dask extra: pip install 'shmstore[dask]'")
 
+import dask
 import dask.array as da
 import h5py
 from dask.base import tokenize
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
 
-import dask
 import shmstore
 import shmstore.dask as shmdask
 from shmstore import ArgumentError, LayoutError, RowsError
