@@ -117,27 +117,27 @@ Each with a regression test (the test file in brackets):
   for another element size, chunk pointers, sizes, coordinates and B-tree keys.
   The manifest now records each dataset's data offset and a digest of each chunk
   index; number types, filters and HDF5's own chunk lookups are checked
-  (`test_damaged_headers.py`).
+  (`tests/store/test_damaged_headers.py`).
 - h5py's `Dataset.fillvalue` segfaulted on a damaged fill-value message during a
-  load (`test_damaged_headers.py`).
+  load (`tests/store/test_damaged_headers.py`).
 - A kill -9 inside an append to a chunked dataset could tear its chunk index:
   unopenable file, wrong or lost acknowledged rows; chunked appends now run under
-  the undo journal (`test_hardening_store_faults.py`).
+  the undo journal (`tests/reliability/test_hardening_store_faults.py`).
 - Mode "w" deleted the old raw files before a refused truncation; unwritable or
   missing raw files and a file renamed over an open store gave bare OS errors or
-  another file's bytes (`test_hardening_store_faults.py`).
+  another file's bytes (`tests/reliability/test_hardening_store_faults.py`).
 - A segment header flipped into other valid JSON (another byte order) was served:
   headers carry a CRC-32; a cache directory swapped for a link was followed; a
   vanished or read-only cache directory gave bare OS errors
-  (`test_hardening_segments.py`, `test_hardening_cache_faults.py`).
+  (`tests/cache/test_hardening_segments.py`, `tests/cache/test_hardening_cache_faults.py`).
 - A pinned handle served an old version again after a view had served the new
-  one (`test_soak.py`).
+  one (`tests/reliability/test_soak.py`).
 - A datatype that HDF5 refuses to open, or that numpy cannot represent, escaped
-  from a store's open as a bare KeyError or TypeError (`test_damaged_headers.py`).
+  from a store's open as a bare KeyError or TypeError (`tests/store/test_damaged_headers.py`).
 - An HDF5 file truncated while its blocks were cached and mapped left those
   blocks behind for good: gc took them for current (same inode); a block is
   now kept only while its file is at least as large as when it was loaded
-  (`test_cli_commands.py`)."""
+  (`tests/cli/test_cli_commands.py`)."""
 
 
 def main(argv: list[str] | None = None) -> int:

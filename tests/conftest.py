@@ -1,13 +1,25 @@
-"""Shared fixtures and the hypothesis profiles.
+"""Fixtures every folder of the suite uses, and the hypothesis profiles.
 
-Profiles: ``ci`` (the default: about 40 examples a test, fast) and ``deep``
-(thousands, for a hunt); pick one with ``HYPOTHESIS_PROFILE=deep``.
+The suite is in folders by layer (``store/``, ``metadata/``, ``sharing/``,
+``cache/``, ``seed/``, ``cli/``, ``dask/``, ``reliability/``, ``docs/``,
+``package/``); a fixture only one folder uses is in that folder's
+``conftest.py``.  Helper modules used by several folders are here at the
+top (``_cache_children``, ``_children_views``, ``dtype_strategies``); the
+others live beside their tests.  Every folder is a package, so processes
+started with ``spawn`` or ``forkserver`` import a helper by its module name
+(``tests.sharing._children_blocks``) as the parent did.
+
+Hypothesis profiles: ``dev`` (the default: 10 examples a test, for the
+edit-test loop), ``ci`` (40 examples; tox, and so CI, sets it) and ``deep``
+(1,000, for a hunt); pick one with ``HYPOTHESIS_PROFILE=deep``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+import shutil
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +28,29 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import shmstore
+from shmstore._cache import Cache
+from tests._cache_children import SHM
 
+settings.register_profile(
+    "dev", max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.register_profile(
     "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile(
     "deep", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-SampleStore = Callable[..., Path]
-"""``sample_store(arrays=None, path=None, **write_options) -> Path`` (see the fixture)."""
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 @pytest.fixture
 def store_path(tmp_path: Path) -> Path:
     """Where a test's store lives; nothing is there yet."""
     return tmp_path / "store.h5"
+
+
+SampleStore = Callable[..., Path]
+"""``sample_store(arrays=None, path=None, **write_options) -> Path`` (see the fixture)."""
 
 
 @pytest.fixture
@@ -76,6 +94,22 @@ def _private_default_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
         os.environ.pop("SHMSTORE_DIR", None)
     else:
         os.environ["SHMSTORE_DIR"] = previous
-    import shutil
-
     shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def cache_dir() -> Iterator[Path]:
+    """A cache directory path on /dev/shm, not yet created; removed after the test."""
+    if not SHM.is_dir():
+        pytest.skip("needs /dev/shm, the tmpfs shared memory lives on")
+    directory = SHM / f"shmstore-cachetest-{uuid.uuid4().hex[:12]}"
+    yield directory
+    if directory.is_symlink():
+        directory.unlink()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def cache(cache_dir: Path) -> Cache:
+    """A cache in :func:`cache_dir` with a budget of 64 MiB."""
+    return Cache(directory=cache_dir, budget="64M")
