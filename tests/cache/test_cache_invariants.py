@@ -1,4 +1,4 @@
-"""DESIGN.md invariants 1, 2, 4, 5 and 6 of the cache, with real processes on /dev/shm."""
+"""Invariants 1, 2, 4, 5 and 6 of the cache (docs/design.md), with real processes on /dev/shm."""
 
 from __future__ import annotations
 

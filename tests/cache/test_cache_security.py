@@ -1,4 +1,4 @@
-"""DESIGN.md invariant 7: nobody else gets in (modes, owners, links, names), on /dev/shm."""
+"""Invariant 7 (docs/design.md): nobody else gets in (modes, owners, links, names), on /dev/shm."""
 
 from __future__ import annotations
 

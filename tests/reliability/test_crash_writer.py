@@ -1,4 +1,4 @@
-"""DESIGN.md invariant 8: acknowledged appends survive a ``kill -9`` of the writer.
+"""Invariant 8 (docs/design.md): acknowledged appends survive a ``kill -9`` of the writer.
 
 A writer process appends in a loop and acknowledges each append once it has
 returned; it is killed with SIGKILL at a random moment (often in the middle
