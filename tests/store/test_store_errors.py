@@ -1,7 +1,7 @@
 """Bad input and damaged files get a clear error of the shmstore hierarchy; nothing is lost.
 
 Every error shmstore raises derives from ``ShmStoreError`` and from the
-builtin docs/design.md names for it, and pickles.  Damage is reported, never
+builtin a user would already catch, and pickles.  Damage is reported, never
 served as data, never a crash.
 """
 
