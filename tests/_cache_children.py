@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from shmstore import _cache
+from shmstore import _mappings
 from shmstore._cache import Cache, CacheAction
 from shmstore._segment import FileIdentity, SegmentSource
 from shmstore.errors import CacheFullError
@@ -203,7 +203,7 @@ def poke(directory: str, key: str) -> None:
 
 def fork_child_registry(directory: str, key: str, parent_address: int, results: Any) -> None:
     """In a forked child: report the registry's size and whether attach maps afresh."""
-    inherited = len(_cache._MAPPINGS)
+    inherited = len(_mappings.MAPPINGS)
     array = Cache(directory=directory).attach(key)
     results.put((inherited, array.ctypes.data != parent_address, float(array.sum())))
 

@@ -42,7 +42,6 @@ from ._budget import ENV_BUDGET, choose_budget, parse_budget
 from ._cache_directory import ENV_DIRECTORY, CacheDirectory, default_directory
 from ._cache_types import Block, BlockFill, CacheAction, CacheEntry
 from ._fill import FileFill
-from ._mappings import MAPPINGS as _MAPPINGS  # noqa: F401 - the tests look at this process's mappings
 from ._mappings import forget, map_segment, mapped_header
 from ._region import Region
 from ._segment import (

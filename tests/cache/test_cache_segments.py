@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shmstore import _cache
+from shmstore import _mappings
 from shmstore._cache import Cache
 from shmstore._segment import (
     MAGIC,
@@ -301,9 +301,9 @@ def test_a_mapping_is_made_again_once_the_last_array_is_gone(cache: Cache, origi
     key = cache.key(source)
     cache.get(source, F8, SHAPE, fill_expected())
     gc.collect()
-    assert (f"{cache.directory}/{key}.seg", False) not in _cache._MAPPINGS
+    assert (f"{cache.directory}/{key}.seg", False) not in _mappings.MAPPINGS
     again = cache.attach(key)
-    assert (f"{cache.directory}/{key}.seg", False) in _cache._MAPPINGS
+    assert (f"{cache.directory}/{key}.seg", False) in _mappings.MAPPINGS
     np.testing.assert_array_equal(again, expected())
 
 
