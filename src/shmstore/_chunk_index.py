@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from contextlib import AbstractContextManager
 from itertools import pairwise, product
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import h5py
 import numpy as np
 from h5py import h5z
 
+from ._h5errors import translated
 from .errors import InvalidStoreError
 from .manifest import ArrayInfo
 
@@ -86,6 +88,16 @@ def _damaged(what: str, why: str) -> InvalidStoreError:
     )
 
 
+def _translated(what: str, why: str) -> AbstractContextManager[None]:
+    """h5py's errors inside, as :func:`_damaged` says them; *why* has ``{}`` for h5py's words."""
+    return translated(
+        InvalidStoreError,
+        f"the chunk index of {what} is damaged",
+        why=why.format,
+        advice="restore the file from a copy",
+    )
+
+
 def _expected_size(dataset: h5py.Dataset, mask: int, chunk_nbytes: int) -> int | None:
     """The stored size of a chunk with filter mask *mask*, or None when it compresses."""
     dcpl = dataset.id.get_create_plist()
@@ -113,10 +125,8 @@ def check_chunk_index(
     chunks = info.chunks
     if chunks is None:
         return {}
-    try:
+    with _translated(what, "HDF5 cannot list its chunks ({})"):
         stored = stored_chunks(dataset.id)
-    except (OSError, RuntimeError, ValueError) as err:
-        raise _damaged(what, f"HDF5 cannot list its chunks ({err})") from err
     if info.chunk_digest is not None and digest(stored) != info.chunk_digest:
         raise _damaged(
             what,
@@ -194,12 +204,10 @@ def check_lookups(
         listed = index.get(coords)
         if listed is None:
             continue  # never written: HDF5 reads the fill value, as it should
-        try:
+        with _translated(
+            what, f"the chunk at {coords} is listed, but HDF5's lookup misses it ({{}})"
+        ):
             mask, data = dataset.id.read_direct_chunk(coords)
-        except (OSError, RuntimeError, ValueError, KeyError) as err:
-            raise _damaged(
-                what, f"the chunk at {coords} is listed, but HDF5's lookup misses it ({err})"
-            ) from err
         if mask != listed.filter_mask or len(data) != listed.size:
             raise _damaged(
                 what,

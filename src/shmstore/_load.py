@@ -36,6 +36,7 @@ from ._chunk_index import stored_chunks
 from ._dtype import empty as new_empty
 from ._fill import FileFill, progress, worker_count
 from ._full_write import write_all
+from ._h5errors import translated
 from ._hdf5 import as_stored, missing_filters
 from ._integrity import Verifier, chunk_number
 from .errors import InvalidStoreError
@@ -63,19 +64,23 @@ def dataset_filler(
     def fill(out: np.ndarray[Any, Any]) -> None:
         rows = len(out)
         step = max(1, BLOCK_BYTES // max(info.row_nbytes, 1))
-        try:
-            with progress(out.nbytes, what) as bar:
-                for first in range(0, rows, step):
-                    last = min(rows, first + step)
-                    dataset.read_direct(
-                        as_stored(out),
-                        source_sel=np.s_[start + first : start + last],
-                        dest_sel=np.s_[first:last],
-                    )
-                    bar.update((last - first) * info.row_nbytes)
-        except (OSError, RuntimeError, ValueError) as err:
-            why = missing_filters(dataset) or str(err)
-            raise InvalidStoreError(f"reading {what} failed: {why}") from err
+        with (
+            translated(
+                InvalidStoreError,
+                f"reading {what} failed",
+                why=lambda err: missing_filters(dataset) or str(err),
+                errors=(OSError, RuntimeError, ValueError),
+            ),
+            progress(out.nbytes, what) as bar,
+        ):
+            for first in range(0, rows, step):
+                last = min(rows, first + step)
+                dataset.read_direct(
+                    as_stored(out),
+                    source_sel=np.s_[start + first : start + last],
+                    dest_sel=np.s_[first:last],
+                )
+                bar.update((last - first) * info.row_nbytes)
 
     return fill
 
@@ -238,10 +243,12 @@ def _read_region(
 
     :raises InvalidStoreError: HDF5 cannot read the region.
     """
-    try:
+    with translated(
+        InvalidStoreError,
+        f"reading an unwritten chunk of {what} failed",
+        errors=(OSError, RuntimeError, ValueError),
+    ):
         out[...] = dataset[region]
-    except (OSError, RuntimeError, ValueError) as err:
-        raise InvalidStoreError(f"reading an unwritten chunk of {what} failed: {err}") from err
 
 
 @dataclass

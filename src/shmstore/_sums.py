@@ -28,6 +28,7 @@ import h5py
 import numpy as np
 
 from ._full_write import write_all
+from ._h5errors import H5PY_ERRORS, translated
 from ._integrity import (
     RANGE_NBYTES,
     Per,
@@ -83,7 +84,12 @@ def table(file: h5py.File, checksums: Checksums, what: str) -> tuple[int, int]:
 
     :raises IntegrityError: it is missing or not what shmstore made.
     """
-    try:
+    with translated(
+        IntegrityError,
+        f"the checksums of {what} ({checksums.location}) cannot be read",
+        advice="the file is damaged: restore it, or record checksums anew with `shmstore seal`",
+        errors=(*H5PY_ERRORS, TypeError),  # TypeError: a group where the table belongs
+    ):
         dataset = file[checksums.location]
         offset = dataset.id.get_offset()
         good = (
@@ -93,11 +99,6 @@ def table(file: h5py.File, checksums: Checksums, what: str) -> tuple[int, int]:
             and dataset.shape[1] == 2
             and offset is not None
         )
-    except (KeyError, OSError, RuntimeError, ValueError, TypeError) as err:
-        raise IntegrityError(
-            f"the checksums of {what} ({checksums.location}) cannot be read: {err}; the file "
-            "is damaged: restore it, or record checksums anew with `shmstore seal`"
-        ) from err
     if not good:
         raise IntegrityError(
             f"the checksums of {what} ({checksums.location}) are not a table of checksums: the "
