@@ -23,11 +23,11 @@ import numpy as np
 from . import _hdf5, _written
 from ._catalog import Catalog
 from ._fill import FileBlock
+from ._identity import Stat, stat_of
 from ._memmap import source_block
 from ._opening import OpenFile
 from ._reading import Reader
 from ._rows import RowsLike
-from ._written import Stat, stat_of
 from .errors import (
     ArgumentError,
     CacheFullError,

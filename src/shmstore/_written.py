@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ._identity import Stat, stat_of
 
 # Stat and stat_of live in _identity.py; the store imports them from here too.
-__all__ = ["Stat", "epoch", "new_epoch", "record", "stat_of", "trusted", "written_path"]
+__all__ = ["epoch", "new_epoch", "record", "trusted", "written_path"]
 
 _log = logging.getLogger("shmstore")
 
