@@ -57,10 +57,13 @@ class StoreLock:
             )
         try:
             lock = filelock.ReadWriteLock(self.path, timeout=timeout, is_singleton=False)
+            # The timeout is passed each time: filelock 4.0.0 (the oldest this
+            # package allows) waits forever in an acquire without one instead of
+            # using the instance's.
             if write:
-                lock.acquire_write()
+                lock.acquire_write(timeout=timeout)
             else:
-                lock.acquire_read()
+                lock.acquire_read(timeout=timeout)
         except filelock.Timeout as err:
             other = "open in another process" if write else "open for writing in another process"
             raise LockTimeoutError(
