@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import multiprocessing
+import os
 import shutil
 import subprocess
 import sys
@@ -57,8 +58,13 @@ def test_a_write_in_one_process_is_seen_by_another(cache: Cache) -> None:
     assert (mine == 2.5).all()  # the same pages, no copy
 
 
+def _private_shm(tmp_path: Path) -> Path:
+    # On /dev/shm (a test may fill it), named per process: runs side by side never share it.
+    return Path("/dev/shm") / f"shmstore-named-{os.getpid()}-{tmp_path.name}"
+
+
 def test_a_named_array_is_never_evicted_to_make_room(tmp_path: Path) -> None:
-    cache = Cache(directory=Path("/dev/shm") / f"shmstore-named-{tmp_path.name}", budget=3 * MIB)
+    cache = Cache(directory=_private_shm(tmp_path), budget=3 * MIB)
     try:
         cache.create(KEY, _named("kept", 2), np.dtype("<f8"), (2 * MIB // 16, 1))
         gc.collect()  # nothing maps it any more
@@ -74,7 +80,7 @@ def test_a_named_array_is_never_evicted_to_make_room(tmp_path: Path) -> None:
 def test_cached_copies_are_evicted_to_make_room_and_named_arrays_are_kept(
     tmp_path: Path,
 ) -> None:
-    cache = Cache(directory=Path("/dev/shm") / f"shmstore-named-{tmp_path.name}", budget=3 * MIB)
+    cache = Cache(directory=_private_shm(tmp_path), budget=3 * MIB)
     origin = tmp_path / "origin.bin"
     origin.write_bytes(b"x")
     try:

@@ -90,7 +90,7 @@ def test_a_view_across_blocks_is_one_contiguous_array_of_the_rows_asked_for(
     with shmstore.open(where / "s.h5", "w") as store:
         store.write("x", array)
     os.environ["SHMSTORE_BLOCK"] = str(block_pages * PAGE)  # the fixture restores it
-    cache = shmstore.Cache(Path("/dev/shm") / f"shmstore-blocktest-{where.name}")
+    cache = shmstore.Cache(Path("/dev/shm") / f"shmstore-blocktest-{os.getpid()}-{where.name}")
     try:
         _check_view(where / "s.h5", cache, array, (start, stop), block_pages * PAGE)
     finally:
