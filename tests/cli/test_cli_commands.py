@@ -59,7 +59,7 @@ def test_preload_of_a_slice_another_process_loaded_says_it_was_there(
     done = run("preload", str(store_file), "activations", "--rows", "0:500", cache_dir=cache_dir)
     assert done.returncode == 0
     assert "already" in done.stdout
-    assert "(1 blocks)" in done.stdout
+    assert "(1 block)" in done.stdout
 
 
 def test_preload_reports_an_exact_load_against_the_segment_header(

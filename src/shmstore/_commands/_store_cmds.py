@@ -363,11 +363,16 @@ def preload(args: argparse.Namespace) -> int:
     elif loaded:
         print(
             f"loaded {handle.name}[{start}:{stop}] ({human_bytes(nbytes)}) into "
-            f"{cache.directory} in {seconds:.2f} s ({len(handle.keys)} blocks)"
+            f"{cache.directory} in {seconds:.2f} s ({_blocks(len(handle.keys))})"
         )
     else:
         print(
             f"{handle.name}[{start}:{stop}] ({human_bytes(nbytes)}) is already in "
-            f"{cache.directory} ({len(handle.keys)} blocks); nothing to do"
+            f"{cache.directory} ({_blocks(len(handle.keys))}); nothing to do"
         )
     return 0
+
+
+def _blocks(count: int) -> str:
+    """``1 block``, ``2 blocks``."""
+    return f"{count} block" if count == 1 else f"{count} blocks"
