@@ -161,8 +161,8 @@ def info(args: argparse.Namespace) -> int:
     unverified = [a.name for a in arrays if not a.verified]
     if unverified:
         print(
-            f"unverified: {count(len(unverified), 'dataset')} without checksums load "
-            f"unchecked: `shmstore seal {args.file}` records them"
+            f"unverified: {count(len(unverified), 'dataset')} without checksums (loaded "
+            f"unchecked): `shmstore seal {args.file}` records them"
         )
     for name, why in unsupported.items():
         print(f"not served: {name}: {why}")
@@ -363,16 +363,12 @@ def preload(args: argparse.Namespace) -> int:
     elif loaded:
         print(
             f"loaded {handle.name}[{start}:{stop}] ({human_bytes(nbytes)}) into "
-            f"{cache.directory} in {seconds:.2f} s ({_blocks(len(handle.keys))})"
+            f"{cache.directory} in {seconds:.2f} s ({count(len(handle.keys), 'block')})"
         )
     else:
         print(
             f"{handle.name}[{start}:{stop}] ({human_bytes(nbytes)}) is already in "
-            f"{cache.directory} ({_blocks(len(handle.keys))}); nothing to do"
+            f"{cache.directory} ({count(len(handle.keys), 'block')}); nothing to do"
         )
     return 0
 
-
-def _blocks(count: int) -> str:
-    """``1 block``, ``2 blocks``."""
-    return f"{count} block" if count == 1 else f"{count} blocks"
