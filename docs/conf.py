@@ -9,6 +9,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from sphinx import addnodes
+from sphinx.ext.viewcode import viewcode_anchor
+
 import shmstore
 
 DOCS = Path(__file__).parent
@@ -23,6 +26,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.intersphinx",
     "sphinx.ext.viewcode",
+    "sphinx_copybutton",
 ]
 
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
@@ -34,7 +38,13 @@ if importlib.util.find_spec("shmstore.dask") is None:
     exclude_patterns.append("api/dask.rst")
 
 html_theme = "furo"
-html_title = "shmstore"
+html_title = f"shmstore {release}"
+
+# The copy button copies commands and code, not the prompts before them: shell
+# ``$ ``, Python ``>>> `` and its continuation ``... `` (with prompts, only the
+# prompted lines: not the output shown after them).
+copybutton_prompt_text = r"\$ |>>> |\.\.\. "
+copybutton_prompt_is_regexp = True
 
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
@@ -111,5 +121,30 @@ def _resolve_public(app, env, node, contnode):
     return None  # an external name: intersphinx, which runs next, resolves it
 
 
+def _viewcode_back_anchor(app, doctree):
+    """Give each documented object the anchor its "[docs]" link points at.
+
+    viewcode links a source page back to ``<module>.<name>``, with one module
+    name per source file: the one under which an object of that file was
+    documented first.  This site documents objects of one file under two
+    names (``shmstore.ArrayInfo`` and ``shmstore.manifest.DatasetRecord``, both
+    of ``shmstore/manifest.py``; ``shmstore.Uninterruptible`` also as
+    ``shmstore.shared_numpy_store.Uninterruptible``), so without a second
+    anchor some of those links would point at none.
+    """
+    modules = getattr(app.env, "_viewcode_modules", {})
+    for signode in doctree.findall(addnodes.desc_signature):
+        for anchor in signode.findall(viewcode_anchor):
+            source = anchor["reftarget"].removeprefix("_modules/").replace("/", ".")
+            entry = modules.get(source)
+            if not entry:
+                continue
+            back = f"{entry[3]}.{anchor['refid']}"
+            if back not in signode["ids"]:
+                signode["ids"].append(back)
+
+
 def setup(app):
     app.connect("missing-reference", _resolve_public, priority=100)
+    # After viewcode's own doctree-read (priority 500), which adds the anchors.
+    app.connect("doctree-read", _viewcode_back_anchor, priority=600)
