@@ -7,8 +7,10 @@ cross-reference must resolve).
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
+from docutils import nodes
 from sphinx import addnodes
 from sphinx.ext.viewcode import viewcode_anchor
 
@@ -52,9 +54,11 @@ myst_heading_anchors = 3
 autodoc_member_order = "bysource"
 # Signatures show the aliases by name, linked to their entry, not spelled out.
 autodoc_type_aliases = {
-    "RowsLike": "shmstore.RowsLike",
-    "Mode": "shmstore.Mode",
-    "ViewMode": "shmstore.ViewMode",
+    "RowsLike": "~shmstore.RowsLike",
+    "Mode": "~shmstore.Mode",
+    "ViewMode": "~shmstore.ViewMode",
+    "ArrayLike": "~numpy.typing.ArrayLike",
+    "DTypeLike": "~numpy.typing.DTypeLike",
 }
 autodoc_typehints = "description"
 autodoc_typehints_description_target = "documented_params"
@@ -85,12 +89,25 @@ nitpick_ignore: list[tuple[str, str]] = [("py:class", "shmstore.manifest._Stored
 # ``da.Array``, ``Store.read`` inside ``shmstore.dask``, or a class by its
 # private home (``shmstore._store.Store``).  Point them at the documented names.
 _PREFIXES = {"np.": "numpy.", "da.": "dask.array."}
+# Names as imported, where autodoc shows a hint as written (a name it could not
+# evaluate: imported for type checking only).
+_IMPORTED = {
+    "ArrayLike": "numpy.typing.ArrayLike",
+    "DTypeLike": "numpy.typing.DTypeLike",
+    "SupportsIndex": "typing.SupportsIndex",
+    "Iterable": "collections.abc.Iterable",
+    "Mapping": "collections.abc.Mapping",
+    "Sequence": "collections.abc.Sequence",
+    "Worker": "distributed.worker.Worker",
+}
 
 
 def _public_name(target):
     """The documented name *target* stands for, or None."""
     if target == "AbstractContextManager":  # what a view returns, named as imported
         return "contextlib.AbstractContextManager"
+    if target in _IMPORTED:
+        return _IMPORTED[target]
     for prefix, public in _PREFIXES.items():
         if target.startswith(prefix):
             return public + target[len(prefix) :]
@@ -109,9 +126,9 @@ def _public_name(target):
 def _resolve_public(app, env, node, contnode):
     if node.get("refdomain") != "py":
         return None
-    target = _public_name(node.get("reftarget", ""))
-    if target is None:
-        return None
+    target = _public_name(node.get("reftarget", "")) or node.get("reftarget", "")
+    if target.startswith("numpy.typing."):
+        node["reftype"] = "obj"  # numpy documents its aliases as data, not classes
     node["reftarget"] = target
     if target.startswith("shmstore."):
         py = env.domains["py"]
@@ -119,6 +136,46 @@ def _resolve_public(app, env, node, contnode):
             env, node["refdoc"], app.builder, node["reftype"], target, node, contnode
         )
     return None  # an external name: intersphinx, which runs next, resolves it
+
+
+# How the types of parameters and returns read: ``np.ndarray[Any, Any]`` (any
+# shape, any dtype: what mypy wants written) reads as ``numpy.ndarray``, a
+# view's ``AbstractContextManager[...]`` as ``contextlib.AbstractContextManager
+# [numpy.ndarray]``, ``da.Array`` as ``dask.array.Array``.
+_TYPE_TEXT = [
+    (
+        re.compile(
+            r"(?:~?numpy|\bnp)\.(ndarray|dtype)\[(?:~?typing\.)?Any(?:, (?:~?typing\.)?Any)?\]"
+        ),
+        r"numpy.\1",
+    ),
+    (re.compile(r"(?:~?numpy|\bnp)\.(ndarray|dtype)\b"), r"numpy.\1"),
+    (
+        re.compile(r"(?:~?contextlib\.|\b)AbstractContextManager\b"),
+        "contextlib.AbstractContextManager",
+    ),
+    (re.compile(r"\bda\.Array\b"), "dask.array.Array"),
+    # An alias of autodoc_type_aliases in a union (``DTypeLike | None``) comes
+    # out as the repr of Sphinx's stand-in for it.
+    (re.compile(r"TypeAliasForwardRef\('([^']*)'\)"), r"\1"),
+]
+
+
+def _readable_types(app, domain, objtype, contentnode):
+    """Rewrite the type fields autodoc made from the hints (after it, before they are linked)."""
+    if domain != "py":
+        return
+    for field in contentnode.findall(nodes.field):
+        name = field[0].astext()
+        if not (name == "rtype" or name.startswith("type ")):
+            continue
+        for paragraph in field[1].findall(nodes.paragraph):
+            if len(paragraph) != 1 or not isinstance(paragraph[0], nodes.Text):
+                continue
+            text = str(paragraph[0])
+            for pattern, replacement in _TYPE_TEXT:
+                text = pattern.sub(replacement, text)
+            paragraph[0] = nodes.Text(text)
 
 
 def _viewcode_back_anchor(app, doctree):
@@ -146,5 +203,7 @@ def _viewcode_back_anchor(app, doctree):
 
 def setup(app):
     app.connect("missing-reference", _resolve_public, priority=100)
+    # After autodoc's type fields (priority 500), before the fields are linked.
+    app.connect("object-description-transform", _readable_types, priority=600)
     # After viewcode's own doctree-read (priority 500), which adds the anchors.
     app.connect("doctree-read", _viewcode_back_anchor, priority=600)
