@@ -257,7 +257,7 @@ class Handle:
         the files changed since the handle was made, the rows of the current
         version are served.
 
-        :param mode: where the array comes from (:data:`~shmstore.ViewMode`);
+        :param mode: where the array comes from, as for :meth:`Store.view`;
             default ``"auto"``.
         :returns: a context manager; ``with ... as arr`` gives a read-only
             :class:`numpy.ndarray` of shape :attr:`shape`.

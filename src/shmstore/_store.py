@@ -267,6 +267,8 @@ class Store:
             with store.view("x", rows=(0, 100)) as arr:
                 total = arr.sum()
 
+        *mode* says where the array comes from:
+
         * ``"shared"``: the node's single copy in shared memory, loaded once
           per node (the first process loads it, the others map it);
         * ``"memmap"``: mapped from the file (contiguous datasets only);
@@ -279,8 +281,7 @@ class Store:
 
         :param name: the dataset's path in the file.
         :param rows: the rows, as for :meth:`read`; default all.
-        :param mode: where the array comes from (:data:`~shmstore.ViewMode`,
-            the list above); default ``"auto"``.
+        :param mode: where the array comes from (the list above); default ``"auto"``.
         :returns: a context manager; ``with ... as arr`` gives a read-only
             :class:`numpy.ndarray` of shape ``(rows, *row shape)``.
         :raises CacheFullError: mode ``"shared"`` and no room in the cache.
@@ -303,7 +304,7 @@ class Store:
 
         :param name: the dataset's path in the file.
         :param rows: the rows, as for :meth:`read`; default all.
-        :returns: a :class:`~shmstore.Handle` of the rows (a few hundred bytes pickled).
+        :returns: a :class:`~shmstore.Handle` of the rows (under 1 KB pickled).
         :raises RowsError: *name* is a scalar dataset (read it with :meth:`read`).
         :raises ArrayNotFoundError, RowsError, UnsupportedDtypeError: as :meth:`read`.
         """
