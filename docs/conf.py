@@ -178,6 +178,27 @@ def _readable_types(app, domain, objtype, contentnode):
             paragraph[0] = nodes.Text(text)
 
 
+def _readable_signature_types(app, doctree):
+    """In signatures (a property's type), ``numpy.dtype[Any]`` reads as ``numpy.dtype``."""
+    for signode in doctree.findall(addnodes.desc_signature):
+        for ref in list(signode.findall(addnodes.pending_xref)):
+            target = ref.get("reftarget")
+            if target not in ("numpy.ndarray", "numpy.dtype"):
+                continue
+            siblings = ref.parent.children
+            start = siblings.index(ref) + 1
+            text = ""
+            for end in range(start, len(siblings)):
+                text += siblings[end].astext()
+                if text in ("[Any]", "[Any, Any]"):
+                    del siblings[start : end + 1]
+                    break
+                if not "[Any, Any]".startswith(text):
+                    break
+            for old in list(ref.findall(nodes.Text)):
+                old.parent.replace(old, nodes.Text(target))
+
+
 def _viewcode_back_anchor(app, doctree):
     """Give each documented object the anchor its "[docs]" link points at.
 
@@ -205,5 +226,6 @@ def setup(app):
     app.connect("missing-reference", _resolve_public, priority=100)
     # After autodoc's type fields (priority 500), before the fields are linked.
     app.connect("object-description-transform", _readable_types, priority=600)
+    app.connect("doctree-read", _readable_signature_types)
     # After viewcode's own doctree-read (priority 500), which adds the anchors.
     app.connect("doctree-read", _viewcode_back_anchor, priority=600)
