@@ -215,7 +215,7 @@ def _viewcode_back_anchor(app, doctree):
         for anchor in signode.findall(viewcode_anchor):
             source = anchor["reftarget"].removeprefix("_modules/").replace("/", ".")
             entry = modules.get(source)
-            if not entry:
+            if not entry:  # no source found for the module (False), or none looked at
                 continue
             back = f"{entry[3]}.{anchor['refid']}"
             if back not in signode["ids"]:
