@@ -73,10 +73,12 @@ WANTED = {
         "py:class collections.abc.Iterator",
         "py:class contextlib.AbstractContextManager",
         "py:class collections.abc.Iterable",
+        "py:class collections.abc.Mapping",
         "py:class collections.abc.Callable",
         "py:class collections.abc.Sequence",
         "py:data typing.Any",
         "py:data typing.Literal",
+        "py:class typing.SupportsIndex",
         "py:class multiprocessing.pool.Pool",
         "py:function multiprocessing.get_context",
         "py:function os.posix_fallocate",
@@ -105,6 +107,8 @@ WANTED = {
         "py:class numpy.ndarray",
         "py:class numpy.dtype",
         "py:class numpy.memmap",
+        "py:data numpy.typing.ArrayLike",
+        "py:data numpy.typing.DTypeLike",
         "py:attribute numpy.ndarray.flags",
         "py:function numpy.load",
         "py:function numpy.save",
@@ -121,6 +125,7 @@ WANTED = {
     "distributed": [
         "py:class distributed.diagnostics.plugin.WorkerPlugin",
         "py:class distributed.Client",
+        "py:class distributed.worker.Worker",
     ],
 }
 
@@ -131,6 +136,8 @@ FALLBACK = {
         "py:class numpy.ndarray": "reference/generated/numpy.ndarray.html#numpy.ndarray",
         "py:class numpy.dtype": "reference/generated/numpy.dtype.html#numpy.dtype",
         "py:class numpy.memmap": "reference/generated/numpy.memmap.html#numpy.memmap",
+        "py:data numpy.typing.ArrayLike": "reference/typing.html#numpy.typing.ArrayLike",
+        "py:data numpy.typing.DTypeLike": "reference/typing.html#numpy.typing.DTypeLike",
         "py:attribute numpy.ndarray.flags": (
             "reference/generated/numpy.ndarray.flags.html#numpy.ndarray.flags"
         ),
@@ -157,6 +164,7 @@ FALLBACK = {
             "plugins.html#distributed.diagnostics.plugin.WorkerPlugin"
         ),
         "py:class distributed.Client": "api.html#distributed.Client",
+        "py:class distributed.worker.Worker": "worker.html#distributed.worker.Worker",
     },
 }
 

@@ -76,6 +76,7 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY})
 
 
+#: The installed version of shmstore, a :pep:`440` version string.
 __version__ = "0.2.0.dev0"
 
 __all__ = [

@@ -418,6 +418,8 @@ class Cache:
 
         Files that are not valid segments are left out, each with a warning
         in the log (``gc`` removes the damaged ones).
+
+        :returns: a :class:`CacheEntry` per segment (empty for an empty cache).
         """
         return self._dir.entries()
 
@@ -427,6 +429,10 @@ class Cache:
         A mapped segment is kept: never waits, never fails for it.  A key's
         retired block (``<key>.stale``) goes with it.
 
+        :param keys: the keys of the segments (32 hexadecimal digits, as
+            :meth:`entries` and :attr:`Handle.keys <shmstore.Handle.keys>` give them),
+            or one key as a ``str``.
+        :param all: every segment of the cache instead of *keys*; default false.
         :returns: what was done with each file, a :class:`CacheAction` each:
             ``"removed"``; ``"kept"`` (a process maps it); ``"left alone"``
             (another user's, not a regular file, or it cannot be removed:

@@ -140,7 +140,11 @@ class Handle:
         """A handle of rows ``[start, stop)`` of this handle's dataset, as this one last saw it.
 
         Rows count from the dataset's first row, not from this handle's.
+        Nothing is opened or loaded.
 
+        :param start: the first row.
+        :param stop: the row after the last (``start <= stop``).
+        :returns: a new handle, of the same dataset version and cache.
         :raises RowsError: the rows are not within the dataset as last seen.
         """
         if not 0 <= start <= stop <= self._described.shape[0]:
@@ -201,6 +205,8 @@ class Handle:
 
         ``None`` when the node does not hold every block of the rows (never
         loaded, or evicted), or the files changed since the handle was made.
+
+        :returns: a read-only :class:`numpy.ndarray` of shape :attr:`shape`, or ``None``.
         """
         return self._current()
 
@@ -242,26 +248,42 @@ class Handle:
         return array
 
     def view(self, mode: ViewMode = "auto") -> AbstractContextManager[np.ndarray[Any, Any]]:
-        """Map the node's copy of the rows (loading it once per node if absent).
+        """Map the node's copy of the rows (loading it once per node if absent)::
 
-        The array is read-only.  Modes are those of :meth:`Store.view`.
+            with handle.view() as arr:
+                total = arr.sum()
 
+        The array is read-only.  Modes are those of :meth:`Store.view`.  When
+        the files changed since the handle was made, the rows of the current
+        version are served.
+
+        :param mode: where the array comes from, as for :meth:`Store.view`;
+            default ``"auto"``.
+        :returns: a context manager; ``with ... as arr`` gives a read-only
+            :class:`numpy.ndarray` of shape :attr:`shape`.
         :raises StoreNotFoundError: the HDF5 file is gone.
+        :raises ArrayNotFoundError: the dataset was deleted.
         :raises RowsError: the dataset shrank below this handle's rows.
         :raises CacheFullError: mode ``"shared"`` and no room in the cache.
+        :raises NotContiguousError: mode ``"memmap"`` on a chunked dataset.
+        :raises IntegrityError: the rows loaded do not match their checksums.
+        :raises ArgumentError: an unknown *mode*.
         """
         return Within(self._array(mode))
 
     def pin(self) -> np.ndarray[Any, Any]:
         """Keep one mapping of the slice for the life of this process (or :meth:`unpin`).
 
-        A pinned segment is in use: the cache never evicts it.  Returns the array.
+        A pinned segment is in use: the cache never evicts it.
         When the files change, the next shared view maps the new version and
         the pin moves to it (the old mapping is dropped).
 
+        :returns: the pinned array: read-only, of shape :attr:`shape`.
         :raises StoreNotFoundError: the HDF5 file is gone.
+        :raises ArrayNotFoundError: the dataset was deleted.
         :raises RowsError: the dataset shrank below this handle's rows.
         :raises CacheFullError: no room in the cache.
+        :raises IntegrityError: the rows loaded do not match their checksums.
         """
         self._pinned = self._array("shared")
         return self._pinned

@@ -35,6 +35,8 @@ from .errors import RowsError
 from .manifest import ArrayInfo, Manifest
 
 if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
     from ._cache import Cache
     from ._handle import Handle
 
@@ -59,6 +61,9 @@ class Store:
 
     Reading, writing, listing and sharing through a closed store raise
     :class:`~shmstore.ArgumentError` ("open it again").
+
+    ``Store(path, mode, ...)`` takes the arguments of :func:`shmstore.open`
+    and raises its errors.
     """
 
     def __init__(
@@ -162,6 +167,7 @@ class Store:
 
         The dataset's record is read and checked against the dataset on first use.
 
+        :param name: the dataset's path in the file, as :meth:`names` lists it.
         :raises ArrayNotFoundError: no dataset of that name.
         :raises UnsupportedDtypeError: the dataset exists but its dtype (or
             dataspace) is one shmstore does not serve.
@@ -174,7 +180,9 @@ class Store:
     def source_files(self, name: str) -> list[Path]:
         """The files whose bytes make up dataset *name*: the HDF5 file and any raw files.
 
+        :param name: the dataset's path in the file.
         :raises ArrayNotFoundError: no dataset *name*.
+        :raises ManifestError: its record is damaged, or disagrees with the dataset.
         """
         return self._catalog.source_files(name)
 
@@ -183,7 +191,14 @@ class Store:
     def read(self, name: str, rows: RowsLike = None) -> np.ndarray[Any, Any]:
         """A private in-memory copy of rows *rows* of dataset *name*.
 
-        :param rows: ``None`` (all), a slice with step 1, or ``(start, stop)``.
+        Chunked and compressed data are decoded; the checksums of the rows
+        are checked on the way.
+
+        :param name: the dataset's path in the file (``"grp/sub/ds"``).
+        :param rows: the rows along axis 0: ``None`` (the default) for all,
+            ``slice(start, stop)`` with step 1, or ``(start, stop)``; negative
+            bounds count from the end.
+        :returns: a new array of the caller's own, of shape ``(rows, *row shape)``.
         :raises ArrayNotFoundError: no such dataset.
         :raises RowsError: *rows* outside the dataset, with a step, or of a wrong type.
         :raises UnsupportedDtypeError: a dtype shmstore does not serve.
@@ -202,6 +217,8 @@ class Store:
         its way.  :meth:`memmap` cannot: a mapping is read by the page, not
         by the range.
 
+        :param name: the dataset's path in the file.
+        :param rows: the rows to check, as for :meth:`read`; default all.
         :returns: the bytes of the rows that were checked (the rest of a checksum's
             range is read too; chunked data: the stored bytes of the chunks
             checked); 0 when the dataset has no checksums
@@ -223,6 +240,9 @@ class Store:
         checksums are not checked: call :meth:`verify` first for the rows
         you map (``view`` and ``read`` check on their own).
 
+        :param name: the dataset's path in the file.
+        :param rows: the rows to map, as for :meth:`read`; default all.
+        :returns: a read-only :class:`numpy.memmap` of shape ``(rows, *row shape)``.
         :raises NotContiguousError: the dataset is chunked, compressed, compact or virtual.
         :raises LayoutError: its storage is not allocated (never written).
         :raises InvalidStoreError: the file or the dataset's raw file is missing or short,
@@ -242,7 +262,12 @@ class Store:
     def view(
         self, name: str, rows: RowsLike = None, mode: ViewMode = "auto"
     ) -> AbstractContextManager[np.ndarray[Any, Any]]:
-        """A read-only array of rows *rows* of dataset *name*, for the ``with`` block.
+        """A read-only array of rows *rows* of dataset *name*, for the ``with`` block::
+
+            with store.view("x", rows=(0, 100)) as arr:
+                total = arr.sum()
+
+        *mode* says where the array comes from:
 
         * ``"shared"``: the node's single copy in shared memory, loaded once
           per node (the first process loads it, the others map it);
@@ -254,8 +279,18 @@ class Store:
         The block drops its references on exit: the mapping goes when nothing
         else refers to the array.  An array kept past the block keeps its pages.
 
+        :param name: the dataset's path in the file.
+        :param rows: the rows, as for :meth:`read`; default all.
+        :param mode: where the array comes from (the list above); default ``"auto"``.
+        :returns: a context manager; ``with ... as arr`` gives a read-only
+            :class:`numpy.ndarray` of shape ``(rows, *row shape)``.
         :raises CacheFullError: mode ``"shared"`` and no room in the cache.
         :raises NotContiguousError: mode ``"memmap"`` on a chunked dataset.
+        :raises LayoutError: mode ``"memmap"`` on a dataset never written.
+        :raises IntegrityError: the rows loaded or read do not match their checksums.
+        :raises InvalidStoreError: the data cannot be read (damaged file, missing or
+            truncated raw file).
+        :raises ArgumentError: an unknown *mode*.
         :raises ArrayNotFoundError, RowsError, UnsupportedDtypeError: as :meth:`read`.
         """
         return Within(self._views.view_array(name, rows, mode)[0])
@@ -264,8 +299,13 @@ class Store:
         """A small picklable reference to rows *rows* of *name*, for worker processes.
 
         ``handle.view()`` in a worker maps the node's copy without opening the
-        HDF5 file when the copy is there and the file is unchanged.
+        HDF5 file when the copy is there and the file is unchanged.  Making a
+        handle loads nothing.
 
+        :param name: the dataset's path in the file.
+        :param rows: the rows, as for :meth:`read`; default all.
+        :returns: a :class:`~shmstore.Handle` of the rows (under 1 KB pickled).
+        :raises RowsError: *name* is a scalar dataset (read it with :meth:`read`).
         :raises ArrayNotFoundError, RowsError, UnsupportedDtypeError: as :meth:`read`.
         """
         from ._handle import Handle
@@ -288,7 +328,7 @@ class Store:
     def write(
         self,
         name: str,
-        array: object,
+        array: ArrayLike,
         *,
         chunks: bool | tuple[int, ...] | None = None,
         compression: str | int | Mapping[str, Any] | None = None,
@@ -308,6 +348,19 @@ class Store:
         The new dataset is complete in the file before it replaces an old one,
         so a crash never loses what was stored.
 
+        :param name: the dataset's path in the file; ``"grp/sub/ds"`` creates
+            the groups.
+        :param array: the data: a numpy array, or anything ``numpy.asarray``
+            takes, of at least one dimension.
+        :param chunks: ``None`` (the default: contiguous unless *compression*
+            or *appendable* asks otherwise), ``True`` (h5py picks the chunk
+            shape), or a chunk shape in elements per axis.
+        :param compression: ``None`` (the default: none), a filter name,
+            a filter id, or an ``hdf5plugin`` filter.
+        :param appendable: make a dataset :meth:`append` can grow along axis 0;
+            default false (a fixed size).
+        :param overwrite: replace an existing dataset *name*; default false
+            (an existing name raises).
         :returns: the new dataset's :class:`ArrayInfo`.
         :raises ReadOnlyError: the store is open read-only, or (*appendable*) its
             raw file directory is not writable.
@@ -326,24 +379,29 @@ class Store:
             overwrite=overwrite,
         )
 
-    def append(self, name: str, rows: object) -> ArrayInfo:
+    def append(self, name: str, rows: ArrayLike) -> ArrayInfo:
         """Add *rows* at the end of axis 0 of dataset *name*, creating it if absent.
 
         A new name becomes an appendable contiguous dataset in a raw file
         beside the HDF5 file (memory-mappable).  When ``append`` returns, the
         rows survive a ``kill -9`` of this process at any later moment.
 
+        :param name: the dataset's path in the file.
+        :param rows: the rows to add: an array (or what ``numpy.asarray``
+            takes) of shape ``(n, *row shape)`` and the dataset's dtype.
         :returns: the grown dataset's :class:`ArrayInfo`.
         :raises ReadOnlyError: the store is open read-only, or its raw file is not writable.
         :raises LayoutError: the dataset has a fixed size, or another trailing shape.
         :raises UnsupportedDtypeError: the rows' dtype differs from the dataset's.
         :raises InvalidStoreError: the raw file no longer holds the dataset's rows.
+        :raises ArgumentError: a bad name, or a scalar instead of rows.
         """
         return self._appender.append(name, rows)
 
     def delete(self, name: str) -> None:
         """Remove dataset *name* (and its raw file, if it has one).
 
+        :param name: the dataset's path in the file.
         :raises ReadOnlyError: the store is open read-only.
         :raises ArrayNotFoundError: no such dataset.
         """
@@ -361,6 +419,7 @@ class Store:
         cannot be checked where their bytes lie: named, they raise;
         otherwise they are skipped, as are datasets shmstore does not serve.
 
+        :param names: the datasets' paths in the file; none: every dataset.
         :returns: the sealed datasets' :class:`ArrayInfo`.
         :raises ReadOnlyError: the store is open read-only.
         :raises ArrayNotFoundError: a name that is not a dataset.
@@ -381,14 +440,16 @@ def open_store(
 ) -> Store:
     """Open the HDF5 file at *path* as a :class:`Store`.
 
+    :param path: the HDF5 file (made absolute; the lock is ``<path>.lock`` beside it).
     :param mode: as in h5py: ``"r"`` read only (the file must exist), ``"r+"``
         read/write (must exist), ``"a"`` read/write, created if absent,
-        ``"w"`` created or truncated, ``"w-"``/``"x"`` created, must not exist.
+        ``"w"`` created or truncated, ``"w-"``/``"x"`` created, must not exist;
+        default ``"r"``.
     :param cache: the node cache that :meth:`Store.view` and handles use;
         by default the one of ``SHMSTORE_DIR`` / ``JOB_SHMTMPDIR`` /
         ``/dev/shm/shmstore-<uid>`` with the ``SHMSTORE_BUDGET`` budget.
     :param lock_timeout: seconds to wait while another process holds the
-        store's lock (a writer, or readers when opening for writing).
+        store's lock (a writer, or readers when opening for writing); default 30.
     :param durable: flush every ``write``, ``append`` and ``delete`` to disk
         before it returns (raw file, then the HDF5 file, then the directory
         where a file was created), so that it survives a power cut, not only

@@ -101,12 +101,18 @@ def attach(handle: Handle, mode: AttachMode = "auto") -> np.ndarray[Any, Any]:
     dataset changes, the next call maps the new version and drops the old one.
     :func:`unpin_all` releases every pin of the process.
 
+    :param handle: the rows, from :meth:`Store.handle <shmstore.Store.handle>`
+        in the client.
     :param mode: ``"auto"``: when the cache has no room, a memory-mapped
         (contiguous datasets) or private copy is returned, not pinned, and a
         warning is logged; ``"shared"``: raise :class:`~shmstore.CacheFullError`.
+        Default ``"auto"``.
+    :returns: the rows, read-only, of shape ``handle.shape``.
     :raises CacheFullError: mode ``"shared"`` and no room in the cache.
     :raises StoreNotFoundError: the HDF5 file is gone.
+    :raises ArrayNotFoundError: the dataset was deleted.
     :raises RowsError: the dataset shrank below the handle's rows.
+    :raises IntegrityError: the rows loaded do not match their checksums.
     :raises ArgumentError: *handle* is not a :class:`~shmstore.Handle`, or an unknown *mode*.
     """
     if not isinstance(handle, Handle):
@@ -133,7 +139,10 @@ def attach(handle: Handle, mode: AttachMode = "auto") -> np.ndarray[Any, Any]:
 
 
 def pinned() -> list[Handle]:
-    """The handles :func:`attach` and :class:`Preload` have pinned in this process."""
+    """The handles :func:`attach` and :class:`Preload` have pinned in this process.
+
+    :returns: one handle per pinned slice (empty when none is).
+    """
     with _PINS_LOCK:
         pins = list(_PINS.values())
     return [pin.handle for pin in pins if pin.handle.is_pinned]
@@ -151,7 +160,9 @@ def unpin_all() -> int:
     """Drop every pin :func:`attach` and :class:`Preload` made in this process.
 
     The slices stay cached (evictable once no process maps them).  Arrays
-    still referenced elsewhere keep their pages.  Returns the number of pins dropped.
+    still referenced elsewhere keep their pages.
+
+    :returns: the number of pins dropped.
     """
     with _PINS_LOCK:
         pins = list(_PINS.values())
@@ -223,12 +234,24 @@ class Preload(WorkerPlugin):
             self._handles.append(handle)
 
     async def setup(self, worker: Worker) -> None:
-        """Load and pin the slices, in a thread: a load of gigabytes must not stall the worker."""
+        """Load and pin the slices, in a thread: a load of gigabytes must not stall the worker.
+
+        Called by ``distributed`` when the plugin is registered, and by each
+        worker that starts later.
+
+        :param worker: the worker starting.
+        :raises StoreNotFoundError, ArrayNotFoundError, RowsError, CacheFullError:
+            the file or a dataset is missing, rows are out of range, or the
+            cache has no room (the worker fails to start).
+        """
         self._handles = []
         await asyncio.get_running_loop().run_in_executor(None, self._preload)
 
     def teardown(self, worker: Worker) -> None:
-        """Drop this plugin's pins (the slices stay cached, evictable once unmapped)."""
+        """Drop this plugin's pins (the slices stay cached, evictable once unmapped).
+
+        :param worker: the worker closing.
+        """
         for handle in self._handles:
             _unpin(handle)
 
@@ -308,8 +331,8 @@ def from_store(
 
     :param store_or_path: an open :class:`~shmstore.Store`, or the path of an
         HDF5 file (opened read-only for this call).
-    :param rows: ``None`` (all), a ``slice`` with step 1, or ``(start, stop)``.
-    :type rows: slice | tuple[int | None, int | None] | None
+    :param name: the dataset's path in the file.
+    :param rows: ``None`` (all, the default), a ``slice`` with step 1, or ``(start, stop)``.
     :param chunks: as in :func:`dask.array.from_array`.  The default,
         ``"auto"``, splits rows only, in blocks of about dask's
         ``array.chunk-size`` (128 MiB) aligned with the dataset's HDF5
@@ -318,7 +341,11 @@ def from_store(
         default cache); with a store, the store's.
     :raises ArrayNotFoundError, RowsError, UnsupportedDtypeError: as :meth:`~shmstore.Store.read`.
     :raises RowsError: *name* is a scalar dataset (read it with :meth:`~shmstore.Store.read`).
-    :raises ArgumentError: *chunks* does not fit the array's shape.
+    :returns: a lazy array of the rows: nothing is loaded until it is computed.
+    :raises ArgumentError: *chunks* does not fit the array's shape, or
+        *cache* given with a store (the store's cache is used).
+    :raises StoreNotFoundError, InvalidStoreError, ManifestError, LockTimeoutError:
+        as :func:`shmstore.open`, when *store_or_path* is a path.
     """
     if isinstance(store_or_path, Store):
         if cache is not None:

@@ -44,9 +44,9 @@ import os
 import secrets
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, SupportsIndex
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -70,6 +70,10 @@ from ._rows import resolve_rows
 from ._segment import FileIdentity, SegmentHeader, SegmentSource, segment_key
 from ._signals import Uninterruptible
 from ._store import Store, check_name, check_rows_fit, open_store
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike, DTypeLike
+
 from .errors import (
     ArgumentError,
     ArrayNotFoundError,
@@ -331,7 +335,7 @@ def _make_named(
 
 
 def shared_array_from_numpy(
-    arr: object,
+    arr: ArrayLike,
     name: str | None = None,
     *,
     writable: bool = True,
@@ -348,13 +352,17 @@ def shared_array_from_numpy(
     ``shmstore evict``/``gc`` once no process maps it, or until the cache
     directory (``$JOB_SHMTMPDIR`` of a SLURM job) is removed.
 
+    :param arr: the data: a numpy array, or anything ``numpy.asarray`` takes.
     :param name: what other processes attach it by; default a new unique name.
     :param writable: ``False`` makes it read-only for every process (what
-        this function gave before writable arrays existed).
+        this function gave before writable arrays existed); default ``True``.
+    :param cache: the node cache to make it in; default shmstore's
+        (``$SHMSTORE_DIR``, ``$JOB_SHMTMPDIR/shmstore``, ``/dev/shm/shmstore-<uid>``).
     :returns: the handle and the shared array.
     :raises SharedArrayExistsError: (a ``FileExistsError``) a shared array
         of that name exists: attach it with
         :func:`shared_array_from_shared_mem_name`, or unlink it first.
+    :raises ArgumentError: a bad *name* (empty, too long, or with a NUL character).
     :raises UnsupportedDtypeError: a dtype holding Python objects.
     :raises CacheFullError: no room in the cache, even after evicting every
         unused cached copy (named arrays are not evicted).
@@ -372,8 +380,8 @@ def shared_array_from_numpy(
 
 
 def shared_array_empty(
-    shape: object,
-    dtype: object = np.float64,
+    shape: SupportsIndex | Sequence[SupportsIndex],
+    dtype: DTypeLike = np.float64,
     name: str | None = None,
     *,
     cache: Cache | None = None,
@@ -385,9 +393,13 @@ def shared_array_empty(
     that in one call.  Shared, counted and kept as
     :func:`shared_array_from_numpy` with ``writable=True``.
 
-    :returns: the handle and the shared array.
+    :param shape: the array's shape: an int (one dimension) or a tuple of ints.
+    :param dtype: its dtype, anything ``numpy.dtype`` takes; default ``float64``.
+    :param name: what other processes attach it by; default a new unique name.
+    :param cache: the node cache to make it in; default shmstore's.
+    :returns: the handle and the shared array (writable).
     :raises SharedArrayExistsError: a shared array of that name exists.
-    :raises ArgumentError: a bad shape or dtype.
+    :raises ArgumentError: a bad shape, dtype or *name*.
     :raises UnsupportedDtypeError: a dtype holding Python objects.
     :raises CacheFullError: no room in the cache.
     """
@@ -413,8 +425,8 @@ def _disk_source(
 
 def shared_array_from_disk(  # noqa: PLR0917 - the original's positional signature
     path: str | os.PathLike[str],
-    shape: object = None,
-    dtype: object = None,
+    shape: SupportsIndex | Sequence[SupportsIndex] | None = None,
+    dtype: DTypeLike | None = None,
     name: str | None = None,
     start_row: int | None = None,
     end_row: int | None = None,
@@ -429,15 +441,27 @@ def shared_array_from_disk(  # noqa: PLR0917 - the original's positional signatu
     asking for the same rows of the same file at once cause one load, and
     map the same pages.
 
+    :param path: the array file.
+    :param shape: the whole array's shape (an int or a tuple of ints);
+        needed for a raw file, checked against a ``.npy`` header.
+    :param dtype: its dtype, anything ``numpy.dtype`` takes; needed for a
+        raw file, checked against a ``.npy`` header.
     :param name: the shared array's name; default one made from the file's
         name and identity and the rows, so that every job asking for them
         shares one copy, and a changed file gets a new one.
+    :param start_row: the first row (``None``: 0; negative counts from the end).
+    :param end_row: the row after the last (``None``: the end).
+    :param cache: the node cache to load into; default shmstore's.
     :returns: the handle and the read-only shared array.
     :raises SharedArrayExistsError: a shared array *name* exists holding
         something else (other rows, another file, or this file before it changed).
-    :raises ArgumentError: a raw file without shape and dtype, or of another size.
+    :raises ArgumentError: a raw file without shape and dtype, or of another size;
+        a bad shape or dtype; a bad *name*.
     :raises RowsError: rows outside the array.
     :raises StoreNotFoundError: (a ``FileNotFoundError``) no such file.
+    :raises InvalidStoreError: a damaged or truncated ``.npy`` file, or a directory.
+    :raises LayoutError: a ``.npy`` file in Fortran order.
+    :raises UnsupportedDtypeError: a dtype holding Python objects.
     :raises CacheFullError: no room in the cache.
     """
     disk = open_disk_array(path, shape, dtype)
@@ -478,8 +502,8 @@ def _describe(source: SegmentSource) -> str:
 
 def memmap_from_disk(  # noqa: PLR0917 - the original's positional signature
     path: str | os.PathLike[str],
-    shape: object = None,
-    dtype: object = None,
+    shape: SupportsIndex | Sequence[SupportsIndex] | None = None,
+    dtype: DTypeLike | None = None,
     name: str | None = None,
     start_row: int | None = None,
     end_row: int | None = None,
@@ -489,7 +513,15 @@ def memmap_from_disk(  # noqa: PLR0917 - the original's positional signature
     Files as for :func:`shared_array_from_disk`.  *name* is accepted for the
     original's signature and unused (a memory map has no name).
 
-    :raises ArgumentError, RowsError, StoreNotFoundError: as :func:`shared_array_from_disk`.
+    :param path: the array file.
+    :param shape: the whole array's shape, as for :func:`shared_array_from_disk`.
+    :param dtype: its dtype, as for :func:`shared_array_from_disk`.
+    :param name: unused.
+    :param start_row: the first row (``None``: 0; negative counts from the end).
+    :param end_row: the row after the last (``None``: the end).
+    :returns: a read-only :class:`numpy.memmap` of the rows.
+    :raises ArgumentError, RowsError, StoreNotFoundError, InvalidStoreError, LayoutError:
+        as :func:`shared_array_from_disk`.
     """
     del name
     disk = open_disk_array(path, shape, dtype)
@@ -499,8 +531,8 @@ def memmap_from_disk(  # noqa: PLR0917 - the original's positional signature
 
 def shared_array_from_shared_mem_name(
     fname: str,
-    shape: object = None,
-    dtype: object = None,
+    shape: SupportsIndex | Sequence[SupportsIndex] | None = None,
+    dtype: DTypeLike | None = None,
     *,
     writable: bool | None = None,
     cache: Cache | None = None,
@@ -510,10 +542,16 @@ def shared_array_from_shared_mem_name(
     A shared array describes itself: *shape* and *dtype* may be omitted;
     given, they are checked.
 
+    :param fname: the shared array's name, as its maker gave or chose it
+        (``handle.name``).
+    :param shape: its shape, to check (an int or a tuple of ints); default: not checked.
+    :param dtype: its dtype, to check; default: not checked.
     :param writable: ``None``: as it was made (writable for a named array
         made writable, as the original's were; read-only for a copy of a
         file); ``True``: writable, or an error; ``False``: read-only (a
         process that only reads cannot write by mistake).
+    :param cache: the node cache it is in; default shmstore's.
+    :returns: the handle and the shared array.
     :raises SegmentNotFoundError: (a ``FileNotFoundError``) no shared array
         of that name: never made, or unlinked (or, for a copy of a file,
         evicted once no process mapped it).
@@ -674,6 +712,8 @@ class SharedNumpyStore:
     may make its own on the same directory; writes are serialised by the
     store's lock, and readers always see whole arrays.
 
+    :param working_dir: the directory of the store (relative paths are
+        taken from the current directory).
     :param cache: the node cache shared copies go to; default shmstore's
         (``$SHMSTORE_DIR``, ``$JOB_SHMTMPDIR/shmstore``, ``/dev/shm/shmstore-<uid>``).
     :raises ArgumentError: *working_dir* is not a path, or is a file.
@@ -767,13 +807,16 @@ class SharedNumpyStore:
 
     # -- writing ------------------------------------------------------------------
 
-    def save(self, arr: object, name: str) -> None:
+    def save(self, arr: ArrayLike, name: str) -> None:
         """Save *arr* as *name*, replacing an array of that name.
 
         Saved appendable: :meth:`append_save` can grow it, and every load
         mode serves it.  Rows of *name* appended with ``autoflush=False``
         and not yet flushed are dropped (the new array replaces them too).
 
+        :param arr: the data: a numpy array, or anything ``numpy.asarray``
+            takes, of at least one dimension.
+        :param name: the array's name (``"run1/voltages"`` makes a group).
         :raises ArgumentError: a reserved name (``Loader.pickle``,
             ``Loader.json``, one containing ``__``), or one the store refuses:
             empty, starting with ``/``, with an empty, ``.`` or ``..`` part, or
@@ -793,13 +836,16 @@ class SharedNumpyStore:
         with self._open("a") as store:
             store.write(name, arr, appendable=True, overwrite=True)
 
-    def append_save(self, arr: object, name: str, autoflush: bool = True) -> None:
+    def append_save(self, arr: ArrayLike, name: str, autoflush: bool = True) -> None:
         """Append the rows *arr* to the array *name* (saving it if absent).
 
+        :param arr: the rows: an array (or what ``numpy.asarray`` takes) of
+            shape ``(n, *row shape)`` and the array's dtype; copied.
+        :param name: the array's name, as for :meth:`save`.
         :param autoflush: write now.  With ``False`` the rows are kept in
             memory (a copy) until :meth:`flush` or :meth:`close` writes
             every name's rows at once: few large writes instead of many
-            small ones.  Until then, loads do not see them.
+            small ones.  Until then, loads do not see them.  Default ``True``.
         :raises LayoutError: (a ``ValueError``) rows of another trailing
             shape than the array's.
         :raises UnsupportedDtypeError: (a ``TypeError``) rows of another dtype than the array's.
@@ -862,6 +908,11 @@ class SharedNumpyStore:
         Each name's rows are appended whole or not at all; a name whose
         rows fail (say, another dtype) keeps them waiting, and its error
         is raised after the others are written.
+
+        :raises LayoutError: (a ``ValueError``) rows of another trailing shape
+            than the array's.
+        :raises UnsupportedDtypeError: (a ``TypeError``) rows of another dtype
+            than the array's.
         """
         if not self._pending:
             return
@@ -893,6 +944,8 @@ class SharedNumpyStore:
         the node's shared memory when no process maps them any more, as the
         original's ``close`` unlinked them; one still in use (here, through
         an array you kept, or in another job) stays.  The object stays usable.
+
+        :raises LayoutError, UnsupportedDtypeError: as :meth:`flush`.
         """
         self.flush()
         keys = [key for handle, _ in self._shared.values() for key in handle.keys]
@@ -953,6 +1006,7 @@ class SharedNumpyStore:
     def get_expected_file_length(self, name: str) -> int:
         """Bytes of the array *name*: ``prod(shape) * itemsize``.
 
+        :param name: the array's name.
         :raises ArrayNotInStoreError: (a ``KeyError`` and ``ValueError``) no such array.
         """
         with self._reading(name) as store:
@@ -969,24 +1023,30 @@ class SharedNumpyStore:
     ) -> np.ndarray[Any, Any]:
         """Rows ``start_row`` to ``end_row`` of the array *name*.
 
+        :param name: the array's name.
         :param mode:
             * ``"shared_memory"``: the node's copy in shared memory, read-only;
               the same array object again on later calls while the file is
               unchanged (no new mapping, no HDF5 open: one ``stat`` per file);
             * ``"memmap"``: a read-only ``np.memmap`` of the file;
             * ``"memory"``: a private, writeable copy.
+
+            Default ``"shared_memory"``.
         :param start_row: first row (``None``: 0; negative counts from the end).
         :param end_row: row after the last (``None``: the end).
         :param allow_create_shm: in ``"shared_memory"`` mode, load the rows
             into shared memory if no process of the node has (once per node,
             however many jobs ask at once).  Without it, a job only attaches
             what another loaded: use it in workers that must not load.
+            Default ``False``.
+        :returns: the rows, of shape ``(rows, *row shape)``.
         :raises NotInSharedMemoryError: (a ``ValueError``) ``"shared_memory"``,
             no copy on the node, and *allow_create_shm* false.
         :raises ArgumentError: (a ``ValueError``) an unknown *mode*.
         :raises ArrayNotInStoreError: (a ``KeyError`` and ``ValueError``) no such array.
         :raises RowsError: (an ``IndexError`` and ``ValueError``) rows outside the array.
         :raises CacheFullError: no room in shared memory for the rows.
+        :raises IntegrityError: the rows read do not match their checksums.
         """
         if mode not in _LOAD_MODES:
             raise ArgumentError(
@@ -1110,20 +1170,27 @@ class LoaderDescription(BaseModel):
 
 
 def check(obj: object) -> bool:
-    """True if :func:`dump` can save *obj*: ``None`` or a :class:`SharedNumpyStore`."""
+    """True if :func:`dump` can save *obj*: ``None`` or a :class:`SharedNumpyStore`.
+
+    :param obj: any object.
+    """
     return obj is None or isinstance(obj, SharedNumpyStore)
 
 
 def dump(obj: SharedNumpyStore | None, savedir: str | os.PathLike[str]) -> None:
     """Make *savedir* a shared numpy store the data base can load (``Loader.get``).
 
+    Writes ``Loader.json`` there (replacing it whole).
+
     :param obj: ``None`` (an empty store, or the arrays already in
         *savedir*), or a :class:`SharedNumpyStore`, whose arrays are copied
         into *savedir* when it lives elsewhere (pending rows flushed first).
+    :param savedir: the directory to make the store in (created if absent).
     :raises ArgumentError: *obj* is anything else.
     :raises OriginalNotImportedError: *savedir* holds a file of the original
         module for an array of *obj* that its store lacks (the copy would hide
         it): run ``SharedNumpyStore(savedir).import_original()`` first.
+    :raises ArgumentError: *savedir* is a file.
     """
     if not check(obj):
         raise ArgumentError(
@@ -1209,6 +1276,8 @@ class Loader:
 
     :param meta: the object's metadata the data base read from
         ``object_meta.json``; kept as :attr:`meta`, not used.
+    :param description: the other keys of ``Loader.json``: ``format``,
+        ``format_version`` and ``store``, with the values :func:`dump` writes.
     :raises ManifestError: (a ``ValueError``) a key :func:`dump` does not
         write, or a value it does not write (another format or version).
     """
@@ -1237,6 +1306,7 @@ class Loader:
     def get(self, savedir: str | os.PathLike[str]) -> SharedNumpyStore:
         """The :class:`SharedNumpyStore` of *savedir*, after checking its ``Loader.json``.
 
+        :param savedir: the directory :func:`dump` made.
         :raises StoreNotFoundError: no ``Loader.json`` in *savedir*.
         :raises ManifestError: an invalid one.
         """
