@@ -1,6 +1,6 @@
 """shmstore's benchmark: speed and memory against h5py, numpy and SharedArray, side by side.
 
-    python3 -m pip install . -r benchmarks/requirements.txt
+    python3 -m pip install '.[bench]'
     python3 benchmarks/run.py                   # the full run: under 10 minutes on 2 cores
     python3 benchmarks/run.py --quick           # small sizes, under a minute (CI runs it)
     python3 benchmarks/run.py --write-results   # also write benchmarks/RESULTS.md
