@@ -76,9 +76,30 @@ class Row:
 
 
 @dataclass
+class Curves:
+    """What one item measured as curves for its figure: named y values against shared x values.
+
+    ``x`` and ``curves[name]`` are in the units their labels name; ``x_ticks``
+    labels some x values (a slice size and its number of blocks).
+    ``references`` are single values drawn as flat lines (a baseline that does
+    not vary with x); ``marks`` are x values drawn as vertical lines (the cores).
+    """
+
+    x_label: str
+    y_label: str
+    x: list[float]
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    references: dict[str, float] = field(default_factory=dict)
+    x_ticks: dict[float, str] = field(default_factory=dict)
+    marks: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class Results:
     rows: list[Row] = field(default_factory=list)
     details: dict[str, list[str]] = field(default_factory=dict)
+    series: dict[str, Curves] = field(default_factory=dict)
+    """Per item, what its figure draws (items 1, 2, 3, 4 and 7)."""
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
@@ -124,6 +145,28 @@ def block_size(size: str | None) -> Iterator[None]:
             os.environ.pop("SHMSTORE_BLOCK", None)
         else:
             os.environ["SHMSTORE_BLOCK"] = saved
+
+
+THREADS = (1, 2, 4, 8)
+"""``SHMSTORE_THREADS`` of the cold loads against threads (items 2 and 3): shmstore's
+default is the cores, at most 8; a count set by hand is used as given, above the cores too."""
+
+
+@contextlib.contextmanager
+def thread_count(count: int | None) -> Iterator[None]:
+    """``SHMSTORE_THREADS`` set to *count* (``None``: the default, the cores) here."""
+    saved = os.environ.get("SHMSTORE_THREADS")
+    if count is None:
+        os.environ.pop("SHMSTORE_THREADS", None)
+    else:
+        os.environ["SHMSTORE_THREADS"] = str(count)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("SHMSTORE_THREADS", None)
+        else:
+            os.environ["SHMSTORE_THREADS"] = saved
 
 
 def signal_like(nbytes: int, row_floats: int = 256) -> np.ndarray:

@@ -4,8 +4,10 @@ One store of 10 small datasets and one of many (10,000; quick: 1,000), each
 also the file of a ``SharedNumpyStore``; every operation on one dataset is
 timed on both, interleaved, and the ratio of the medians is the figure: the
 metadata is a record per dataset, read when the dataset is first used, so
-the ratio should stay near 1.  Also: ``durable=True`` against the default
-for a one-row ``append`` (the price of an ``fsync`` per change).
+the ratio should stay near 1.  Stores of the powers of ten in between are
+timed alike, for the figure of cost against the number of datasets.  Also:
+``durable=True`` against the default for a one-row ``append`` (the price of
+an ``fsync`` per change).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from _common import Results, Row, Settings, median, timed, workspace
+from _common import Curves, Results, Row, Settings, median, timed, workspace
 
 import shmstore
 from shmstore.shared_numpy_store import STORE_FILE, SharedNumpyStore
@@ -91,13 +93,16 @@ def _durable_append(directory: Path, repeat: int) -> tuple[float, float]:
 
 def metadata_scale(s: Settings, results: Results) -> None:
     few, many = 10, s.metadata_datasets
+    between = [10**k for k in range(2, 8) if few < 10**k < many]
     repeat = max(3 * s.repeat, 9)
     with workspace("metadata") as (files, shm):
         build_started = time.perf_counter()
         stores = {few: _build(files / "few", few), many: _build(files / "many", many)}
         build = time.perf_counter() - build_started
+        stores |= {count: _build(files / f"n{count}", count) for count in between}
+        stores = dict(sorted(stores.items()))
         cache = shmstore.Cache(directory=shm / "cache", budget="1G")
-        samples: dict[int, dict[str, list[float]]] = {few: {}, many: {}}
+        samples: dict[int, dict[str, list[float]]] = {count: {} for count in stores}
         for k in range(repeat):
             for count, path in stores.items():  # interleaved: drift hits both alike
                 measured = {
@@ -108,6 +113,16 @@ def metadata_scale(s: Settings, results: Results) -> None:
                     samples[count].setdefault(op, []).append(seconds)
         plain, durable = _durable_append(files, repeat)
         cache.evict(all=True)
+    results.series["7"] = Curves(
+        "datasets in the store",
+        "time of the operation (ms)",
+        [float(count) for count in stores],
+        {
+            op: [median(samples[count][op]) * 1000 for count in stores]
+            for op in samples[few]
+            if not op.startswith("SharedNumpyStore")
+        },
+    )
     worst = ("", 0.0)
     for op in samples[few]:
         a, b = median(samples[few][op]), median(samples[many][op])

@@ -10,7 +10,7 @@ from multiprocessing.synchronize import Barrier
 from typing import Any
 
 import numpy as np
-from _common import GiB, Results, Row, Settings, block_size, median, warm, workspace
+from _common import Curves, GiB, Results, Row, Settings, block_size, median, warm, workspace
 
 import shmstore
 from shmstore._commands._demo import h5py_worker, measure_workers, shared_worker
@@ -32,15 +32,25 @@ def memory(s: Settings, results: Results) -> None:
         )
         handle.unpin()
         worst = 0.0
+        curves = Curves(
+            "workers on the node, each using the whole slice",
+            "node memory (GiB)",
+            [float(n) for n in s.workers],
+            {"shmstore (shared memory)": [], "h5py (a copy per worker)": []},
+            {f"the slice ({s.load_bytes / GiB:g} GiB)": s.load_bytes / GiB},
+        )
         for n in s.workers:
             ours = measure_workers(shared_worker, (handle, directory), n) + shared_bytes
             theirs = measure_workers(h5py_worker, (str(path), "m"), n)
             worst = max(worst, ours / s.load_bytes)
+            curves.curves["shmstore (shared memory)"].append(ours / GiB)
+            curves.curves["h5py (a copy per worker)"].append(theirs / GiB)
             results.note(
                 "4",
                 f"| {n} | {ours / GiB:.3f} | {ours / s.load_bytes:.2f}x | "
                 f"{theirs / GiB:.3f} | {theirs / s.load_bytes:.2f}x |",
             )
+        results.series["4"] = curves
         results.add(
             Row(
                 "4",

@@ -16,7 +16,10 @@ import numpy as np
 import SharedArray
 from _common import (
     GB,
+    THREADS,
+    Curves,
     GiB,
+    MiB,
     Results,
     Row,
     Settings,
@@ -24,6 +27,7 @@ from _common import (
     fresh_tmpfs_fd,
     median,
     signal_like,
+    thread_count,
     timed,
     warm,
     workspace,
@@ -121,6 +125,17 @@ def attach(s: Settings, results: Results) -> None:  # noqa: PLR0915
         warm_single: list[float] = []
         per_block: list[float] = []
         repeated: list[float] = []
+        curves = Curves(
+            "slice size, and the number of cache blocks it spans (log scale)",
+            "time of one attach (µs)",
+            [nbytes / MiB for nbytes in s.attach_sizes.values()],
+        )
+        curves.curves = {
+            "first handle.view in a fresh process": [],
+            "handle.view": [],
+            "handle.view while the process maps the rows": [],
+            "SharedArray.attach": [],
+        }
         with shmstore.open(path, cache=cache) as store:
             for label, nbytes in s.attach_sizes.items():
                 handle = store.handle(_name(label))
@@ -161,6 +176,13 @@ def attach(s: Settings, results: Results) -> None:  # noqa: PLR0915
                     SharedArray.delete(name[len("shm://") :])
                 firsts, first_views, first_sas, laters = (list(c) for c in zip(*fresh, strict=True))
                 repeated.append(again)
+                curves.x_ticks[nbytes / MiB] = f"{label}\n{blocks} block{'s' * (blocks > 1)}"
+                for curve, seconds in zip(
+                    curves.curves.values(),
+                    (median(firsts), median(ours), again, median(theirs)),
+                    strict=True,
+                ):
+                    curve.append(seconds * 1e6)
                 if blocks == 1:
                     one_block.append((median(firsts), median(first_views), median(first_sas)))
                     warm_single.append(median(ours))
@@ -174,6 +196,7 @@ def attach(s: Settings, results: Results) -> None:  # noqa: PLR0915
                     f"{median(theirs) * 1e6:.0f} | {median(laters) * 1e6:.0f} | "
                     f"{again * 1e6:.1f} | {median(floor) * 1e6:.0f} |",
                 )
+        results.series["1"] = curves
         for way, index in (("handle.view", 0), ("store.view", 1)):
             worst = max(o[index] / o[2] for o in one_block)
             results.add(
@@ -315,17 +338,28 @@ def cold_contiguous(s: Settings, results: Results) -> None:
         warm(path)
         cache = shmstore.Cache(shm / "cache", budget=s.load_bytes * 3)
         ours, hand = [], []
+        by_threads: dict[int, list[float]] = {n: [] for n in THREADS}
         ceilings: dict[str, list[float]] = {}
         with shmstore.open(path, cache=cache) as store:
             for _ in range(s.repeat):
                 ours.append(_cold(store, cache, "c"))
                 hand.append(_by_hand(path, "c"))
+                for n, into in by_threads.items():
+                    with thread_count(n):
+                        into.append(_cold(store, cache, "c"))
                 for what, seconds in _ceilings(path, offset, s.load_bytes, shm).items():
                     ceilings.setdefault(what, []).append(seconds)
         gbps = s.load_bytes / median(ours) / GB
         hand_gbps = s.load_bytes / median(hand) / GB
         results.note("2", f"| shmstore cold load (store.view, mode='shared') | {gbps:.2f} |")
         results.note("2", f"| SharedArray.create + h5py read_direct | {hand_gbps:.2f} |")
+        results.series["2"] = Curves(
+            "threads of a load (SHMSTORE_THREADS)",
+            "cold-load speed (GB/s)",
+            [float(n) for n in THREADS],
+            {"contiguous, shmstore": [s.load_bytes / median(v) / GB for v in by_threads.values()]},
+            {"contiguous, SharedArray.create + h5py read_direct": hand_gbps},
+        )
         best = 0.0
         for what, values in ceilings.items():
             rate = s.load_bytes / median(values) / GB
@@ -367,47 +401,48 @@ def cold_chunked(s: Settings, results: Results) -> None:
         del data
         warm(path)
         cache = shmstore.Cache(shm / "cache", budget=s.load_bytes * 3)
-        saved = os.environ.get("SHMSTORE_THREADS")
-        try:
-            with (
-                shmstore.open(path, cache=cache) as store,
-                h5py.File(path, "r") as f,
-            ):
-                for name in ("gzip+shuffle", "zstd+shuffle"):
-                    stored: list[int] = []
-                    f[name].id.chunk_iter(lambda c, sizes=stored: sizes.append(c.size))
-                    ratio_c = s.load_bytes / sum(stored)
-                    times: dict[str, list[float]] = {"1": [], "2": [], "h5py": []}
-                    for _ in range(s.repeat):
-                        for threads in ("1", "2"):
-                            os.environ["SHMSTORE_THREADS"] = threads
-                            times[threads].append(_cold(store, cache, name))
-                        out = np.empty(f[name].shape, f[name].dtype)
-                        times["h5py"].append(timed(lambda n=name, o=out: f[n].read_direct(o)))
-                        del out
-                    rate = {k: s.load_bytes / median(v) / GB for k, v in times.items()}
-                    ratio = rate["2"] / rate["h5py"]
-                    results.note(
+        curves = Curves(
+            "threads of a load (SHMSTORE_THREADS)",
+            "cold-load speed (GB/s)",
+            [float(n) for n in THREADS],
+            marks={"cores of the machine": float(len(os.sched_getaffinity(0)))},
+        )
+        with shmstore.open(path, cache=cache) as store, h5py.File(path, "r") as f:
+            for name in ("gzip+shuffle", "zstd+shuffle"):
+                stored: list[int] = []
+                f[name].id.chunk_iter(lambda c, sizes=stored: sizes.append(c.size))
+                ratio_c = s.load_bytes / sum(stored)
+                times: dict[int, list[float]] = {n: [] for n in THREADS}
+                h5py_times: list[float] = []
+                for _ in range(s.repeat):
+                    for threads, into in times.items():
+                        with thread_count(threads):
+                            into.append(_cold(store, cache, name))
+                    out = np.empty(f[name].shape, f[name].dtype)
+                    h5py_times.append(timed(lambda n=name, o=out: f[n].read_direct(o)))
+                    del out
+                rate = {k: s.load_bytes / median(v) / GB for k, v in times.items()}
+                h5py_rate = s.load_bytes / median(h5py_times) / GB
+                curves.curves[f"{name}, shmstore"] = list(rate.values())
+                curves.references[f"{name}, h5py read_direct"] = h5py_rate
+                ratio = rate[2] / h5py_rate
+                results.note(
+                    "3",
+                    f"| {name} | {ratio_c:.1f}x | {h5py_rate:.2f} | {rate[1]:.2f} | "
+                    f"{rate[2]:.2f} | {ratio:.2f} |",
+                )
+                results.add(
+                    Row(
                         "3",
-                        f"| {name} | {ratio_c:.1f}x | {rate['h5py']:.2f} | {rate['1']:.2f} | "
-                        f"{rate['2']:.2f} | {ratio:.2f} |",
+                        f"cold load, {name} {s.load_bytes / GiB:g} GiB",
+                        f"{rate[2]:.2f} GB/s (2 threads)",
+                        f"{h5py_rate:.2f} GB/s (h5py read_direct)",
+                        ratio,
+                        "≥ 1.7x",
+                        ratio >= 1.7,
                     )
-                    results.add(
-                        Row(
-                            "3",
-                            f"cold load, {name} {s.load_bytes / GiB:g} GiB",
-                            f"{rate['2']:.2f} GB/s (2 threads)",
-                            f"{rate['h5py']:.2f} GB/s (h5py read_direct)",
-                            ratio,
-                            "≥ 1.7x",
-                            ratio >= 1.7,
-                        )
-                    )
-        finally:
-            if saved is None:
-                os.environ.pop("SHMSTORE_THREADS", None)
-            else:
-                os.environ["SHMSTORE_THREADS"] = saved
+                )
+        results.series["3"] = curves
 
 
 CHUNKED_HEADER = (

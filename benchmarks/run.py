@@ -1,9 +1,11 @@
 """shmstore's benchmark: speed and memory against h5py, numpy and SharedArray, side by side.
 
-    python3 -m pip install . -r benchmarks/requirements.txt
+    python3 -m pip install '.[bench]'
     python3 benchmarks/run.py                   # the full run: under 10 minutes on 2 cores
     python3 benchmarks/run.py --quick           # small sizes, under a minute (CI runs it)
-    python3 benchmarks/run.py --write-results   # also write benchmarks/RESULTS.md
+    python3 benchmarks/run.py --write-results   # also write benchmarks/RESULTS.md and
+                                                # the figures in docs/_static/benchmarks/
+    python3 benchmarks/run.py --quick --plots DIR   # the figures into DIR (tox -e bench)
 
 Prints one markdown table: each figure the median of several runs, each
 ratio of two figures measured in the same run.  Targets are reported, not
@@ -27,6 +29,7 @@ from _blocks import BLOCK_SIZE_HEADER, appends, block_sizes, windows
 from _common import Results, Settings, settings
 from _imports import IMPORT_HEADER, imports
 from _metadata import METADATA_HEADER, metadata_scale
+from _plots import DOCS, draw
 from _procs import MEMORY_HEADER, memory, stampede
 from _speed import ATTACH_HEADER, CHUNKED_HEADER, attach, cold_chunked, cold_contiguous
 from _verify import verification
@@ -116,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, a minute at most")
     parser.add_argument("--only", help="items to run, as 1,2,5")
     parser.add_argument("--repeat", type=int, help="repeats per figure (default 5, quick 3)")
-    parser.add_argument("--write-results", action="store_true", help="write benchmarks/RESULTS.md")
+    parser.add_argument(
+        "--write-results",
+        action="store_true",
+        help="write benchmarks/RESULTS.md and the figures in docs/_static/benchmarks/",
+    )
+    parser.add_argument("--plots", type=Path, metavar="DIR", help="draw the figures into DIR")
     args = parser.parse_args(argv)
     s = settings(args.quick, args.repeat)
     chosen = args.only.split(",") if args.only else list(ITEMS)
@@ -148,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
             + Path(__file__).with_name("LIMITS.md").read_text()
         )
         Path(__file__).with_name("RESULTS.md").write_text(text)
+    for directory in [d for d in (args.plots, DOCS if args.write_results else None) if d]:
+        try:
+            for path in draw(results, directory):
+                print(f"figure: {path}", file=sys.stderr)
+        except Exception as err:  # reported, and the exit code says so
+            failed.append(f"plots: {type(err).__name__}: {err}")
     for failure in failed:
         print(f"FAILED {failure}", file=sys.stderr)
     return 1 if failed else 0
