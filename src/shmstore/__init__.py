@@ -1,7 +1,7 @@
 """shmstore: numpy arrays in HDF5 files, shared between the processes of one node.
 
-Open a store with :func:`open`; ``docs/design.md`` (the design page of the
-documentation) records the contract.
+Open a store with :func:`open`, which returns a :class:`Store`; its views
+and handles give rows of a dataset from the node's shared copy.
 """
 
 from __future__ import annotations

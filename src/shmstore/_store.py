@@ -368,7 +368,8 @@ class Store:
             exists and *overwrite* is false.
         :raises UnsupportedDtypeError: Python objects, variable-length data or
             references (every fixed-size dtype is stored: unicode, datetime64 and
-            timedelta64 as HDF5 opaque data, see ``docs/design.md``).
+            timedelta64 as HDF5 opaque data tagged with the numpy dtype, as
+            h5py's ``opaque_dtype`` does).
         """
         return self._writer.write(
             name,

@@ -94,8 +94,8 @@ def attach(handle: Handle, mode: AttachMode = "auto") -> np.ndarray[Any, Any]:
 
     Call it in a task that received a handle (``client.submit(work, handle)``).
     The first call in a worker process maps the node's copy of the rows,
-    loading it if no process of the node has (one load per node, docs/design.md
-    invariant 1), and pins it (:meth:`~shmstore.Handle.pin`): later calls with an equal
+    loading it if no process of the node has (one load per node), and pins
+    it (:meth:`~shmstore.Handle.pin`): later calls with an equal
     handle, from any thread of the process, return the same mapping after one
     ``stat`` per file.  A pinned slice is in use and never evicted; when the
     dataset changes, the next call maps the new version and drops the old one.

@@ -8,7 +8,7 @@ appending one dataset, does not grow with the number of datasets.
 :class:`Manifest` gathers every dataset's :class:`ArrayInfo`; the store builds
 it on demand (``store.manifest``).  Format 1 (shmstore 0.1.0) kept the whole
 manifest in one root attribute; such stores still open, and are migrated on
-their first write (see ``docs/design.md``, "Metadata").
+their first write.
 
 This module holds models only; reading and writing them is the store's job.
 """
@@ -69,7 +69,7 @@ class Checksums(BaseModel):
     stored chunk's bytes as they lie in the file (compressed, if it is).
     ``count`` checksums are in the hidden dataset ``location`` of the same
     file (fewer valid ones there means it is damaged), verified on every
-    load into the cache and every ``read`` (``docs/design.md``, "Checksums").
+    load into the cache and every ``read``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

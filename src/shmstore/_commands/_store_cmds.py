@@ -371,4 +371,3 @@ def preload(args: argparse.Namespace) -> int:
             f"{cache.directory} ({count(len(handle.keys), 'block')}); nothing to do"
         )
     return 0
-
