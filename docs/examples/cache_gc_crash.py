@@ -34,19 +34,21 @@ if __name__ == "__main__":  # the worker process imports this file
     print("evict:", [(a.outcome, a.reason) for a in cache.evict(all=True)])
     print("entries:", cache.entries())
 
-    # A block of an old generation is never served, and goes once a view sees the new one.
+    # An old generation's block is never served; it goes once a view sees the new one.
     with handle.view() as arr:
-        print("cached:", [(e.dataset, e.rows) for e in cache.entries()], "first row", arr[0, :3])
+        print("cached:", [(e.dataset, e.rows) for e in cache.entries()])
+        print("first row:", arr[0, :3])
     old = cache.entries()[0]
     with shmstore.open("data.h5", mode="a") as store:
         store.write("data", np.zeros((100, 10)), overwrite=True)  # a new generation
     with handle.view() as arr:  # the same handle serves the new data...
-        print("after the write: first row", arr[0, :3])
+        print("after the write, first row:", arr[0, :3])
     new = cache.entries()[0]  # ...and the old generation's block is gone
-    print("one block:", len(cache.entries()), "new generation:", new.generation != old.generation)
+    print("blocks:", len(cache.entries()), "new:", new.generation != old.generation)
 
     # gc removes what no process needs; dry_run=True only says what it would do.
     actions = cache.gc(dry_run=True)
-    print("gc would remove:", [a.reason for a in actions if a.outcome == "would remove"])
+    removable = [a.reason for a in actions if a.outcome == "would remove"]
+    print("gc would remove:", removable)
     # `arr` still maps the new block, so gc keeps it.
     print("gc keeps:", [a.reason for a in actions if a.kind == "segment"])

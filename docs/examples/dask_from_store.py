@@ -4,7 +4,8 @@ import numpy as np
 import shmstore
 import shmstore.dask
 
-features = np.arange(2_000_000, dtype=np.float32).reshape(250_000, 8)  # 8,000,000 bytes
+# 250,000 rows of 8 float32: 8,000,000 bytes
+features = np.arange(2_000_000, dtype=np.float32).reshape(250_000, 8)
 with shmstore.open("features.h5", mode="w") as store:
     store.write("plain", features)  # contiguous
     store.write("packed", features, chunks=(10_000, 8), compression="gzip")

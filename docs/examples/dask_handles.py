@@ -24,10 +24,8 @@ if __name__ == "__main__":  # worker processes are started anew: they import thi
         handle = store.handle("weights")  # rows of a dataset: no data inside
     print("a handle pickles to", len(pickle.dumps(handle)), "bytes")
 
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=2, dashboard_address=":0") as cluster,
-        Client(cluster) as client,
-    ):
+    cluster = LocalCluster(n_workers=2, threads_per_worker=2, dashboard_address=":0")
+    with cluster, Client(cluster) as client:
         futures = client.map(row_sum, range(100), handle=handle)
         sums = client.gather(futures)
         print("first sums:", np.round(sums[:3], 6))
@@ -35,5 +33,5 @@ if __name__ == "__main__":  # worker processes are started anew: they import thi
         print("each worker pins:", sorted(client.run(pins).values()))
 
     # The node's cache held one copy, which both workers mapped.
-    cache = shmstore.Cache()  # the node's cache: $SHMSTORE_DIR, or /dev/shm/shmstore-<uid>
+    cache = shmstore.Cache()  # $SHMSTORE_DIR, or /dev/shm/shmstore-<uid>
     print("cached:", [(e.dataset, e.rows, e.nbytes) for e in cache.entries()])

@@ -20,13 +20,12 @@ if __name__ == "__main__":  # worker processes are started anew: they import thi
     with shmstore.open("model.h5", mode="w") as store:
         store.write("lookup", lookup, chunks=(1_000, 8), compression="gzip")
 
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=2, dashboard_address=":0") as cluster,
-        Client(cluster) as client,
-    ):
+    cluster = LocalCluster(n_workers=2, threads_per_worker=2, dashboard_address=":0")
+    with cluster, Client(cluster) as client:
         # Every worker, those running now and those that start later, loads
         # rows 0 to 4999 of "lookup" when it starts, and keeps them mapped.
-        client.register_plugin(shmstore.dask.Preload("model.h5", {"lookup": (0, 5_000)}))
+        preload = shmstore.dask.Preload("model.h5", {"lookup": (0, 5_000)})
+        client.register_plugin(preload)
         print("each worker pins:", sorted(client.run(pins).values()))
 
         # One copy on the node, mapped by both workers: a block of 64 MiB holds

@@ -15,7 +15,7 @@ with shmstore.open("data.h5", mode="w") as store:
     manifest = store.manifest  # every dataset's record, gathered on demand
     print(sorted(manifest.arrays))
 
-# Any HDF5 tool can read a record: JSON text in the dataset's attribute "shmstore_record".
+# Any HDF5 tool reads a record: JSON text in the attribute "shmstore_record".
 with h5py.File("data.h5", "r") as f:
     document = json.loads(f["weights"].attrs["shmstore_record"])
 for key, value in sorted(document.items()):
@@ -23,5 +23,5 @@ for key, value in sorted(document.items()):
 
 # The model's JSON Schema: the same as schemas/record.schema.json in the repository.
 schema = DatasetRecord.model_json_schema()
-jsonschema.validate(document, schema)  # raises jsonschema.ValidationError when invalid
+jsonschema.validate(document, schema)  # raises jsonschema.ValidationError if invalid
 print("valid against the schema")
