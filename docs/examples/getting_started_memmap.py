@@ -9,7 +9,8 @@ with shmstore.open("data.h5", mode="w") as store:
     store.write("weights_gz", weights, compression="gzip")  # chunked
 
 with shmstore.open("data.h5") as store:
-    print(store.info("weights").memory_mappable, store.info("weights_gz").memory_mappable)
+    print("weights:", store.info("weights").memory_mappable)
+    print("weights_gz:", store.info("weights_gz").memory_mappable)
     mapped = store.memmap("weights", rows=(1_000, 2_000))  # no byte read until touched
     print(mapped.shape, "writeable:", mapped.flags.writeable)  # read-only
     print("same values:", bool((mapped == weights[1_000:2_000]).all()))

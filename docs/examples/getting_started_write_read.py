@@ -2,13 +2,14 @@ import numpy as np
 
 import shmstore
 
-activations = np.arange(10_000 * 8, dtype=np.float32).reshape(10_000, 8)  # 320,000 bytes
+activations = np.arange(80_000, dtype=np.float32).reshape(10_000, 8)  # 320,000 bytes
 lookup = np.linspace(0.0, 1.0, 5_000).reshape(1_000, 5)
 
 with shmstore.open("data.h5", mode="w") as store:  # "w": create, or truncate
     store.write("activations", activations)  # contiguous: memory-mappable
     store.write("lookup", lookup, compression="gzip")  # chunked and compressed
-    store.append("run1/spikes", np.arange(40).reshape(10, 4))  # appendable, grows on axis 0
+    # appendable: grows on axis 0
+    store.append("run1/spikes", np.arange(40).reshape(10, 4))
     store.append("run1/spikes", np.arange(40, 80).reshape(10, 4))
 
 with shmstore.open("data.h5") as store:  # mode "r" is the default
@@ -18,7 +19,7 @@ with shmstore.open("data.h5") as store:  # mode "r" is the default
 
     rows = store.read("activations", rows=slice(100, 102))  # a private, writeable copy
     print(rows)
-    last = store.read("activations", rows=(-1, None))  # negative rows count from the end
+    last = store.read("activations", rows=(-1, None))  # negative: from the end
     print(last)
     print(store.read("run1/spikes").shape)  # both appends
 

@@ -2,16 +2,17 @@ import numpy as np
 
 import shmstore
 
-activations = np.arange(50_000 * 8, dtype=np.float64).reshape(50_000, 8)  # 3,200,000 bytes
+activations = np.arange(400_000.0).reshape(50_000, 8)  # 3,200,000 bytes
 with shmstore.open("data.h5", mode="w") as store:
     store.write("activations", activations)
 
-cache = (
-    shmstore.Cache()
-)  # $SHMSTORE_DIR, else $JOB_SHMTMPDIR/shmstore, else /dev/shm/shmstore-<uid>
+# The node's cache: $SHMSTORE_DIR, else $JOB_SHMTMPDIR/shmstore,
+# else /dev/shm/shmstore-<uid>
+cache = shmstore.Cache()
 with shmstore.open("data.h5", cache=cache) as store:
     with store.view("activations", rows=(0, 10_000), mode="shared") as arr:
-        print(arr.shape, "writeable:", arr.flags.writeable)  # every process maps the same pages
+        # Read-only: every process of the node maps these same pages.
+        print(arr.shape, "writeable:", arr.flags.writeable)
         for entry in cache.entries():
             print(f"cached: {entry.dataset} rows {entry.rows}, in use: {entry.in_use}")
 

@@ -12,7 +12,8 @@ def column_sums(handle: shmstore.Handle) -> list[float]:
 
 
 if __name__ == "__main__":  # required with spawn: workers import this module
-    activations = np.random.default_rng(1).standard_normal((40_000, 4))  # 1,280,000 bytes
+    rng = np.random.default_rng(1)
+    activations = rng.standard_normal((40_000, 4))  # 1,280,000 bytes
     with shmstore.open("data.h5", mode="w") as store:
         store.write("activations", activations)
 
