@@ -419,7 +419,9 @@ class Cache:
         Files that are not valid segments are left out, each with a warning
         in the log (``gc`` removes the damaged ones).
 
-        :returns: a :class:`CacheEntry` per segment (empty for an empty cache).
+        :returns: a :class:`CacheEntry` per segment (empty for an empty cache,
+            or a directory removed since).
+        :raises PermissionError: the directory cannot be read by this user.
         """
         return self._dir.entries()
 
@@ -453,6 +455,7 @@ class Cache:
         """Evict every segment no process maps: ``evict(all=True)``.
 
         :returns: what was done with each file (see :meth:`evict`).
+        :raises PermissionError: the directory cannot be read by this user.
         """
         return self.evict(all=True)
 

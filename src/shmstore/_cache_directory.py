@@ -337,10 +337,16 @@ class CacheDirectory:
 
         A name is classified before its file is examined: the lock files of
         every key ever loaded pile up until ``gc``, and a load, which lists
-        segments, must not pay a ``stat`` for each of them.
+        segments, must not pay a ``stat`` for each of them.  A directory
+        removed since it was prepared holds no files; the next load makes it
+        again.
         """
         listed = []
-        with os.scandir(self.path) as found:
+        try:
+            found = os.scandir(self.path)
+        except FileNotFoundError:  # removed since (a job's tmpfs went with the job)
+            return []
+        with found:
             for entry in found:
                 kind, key = kind_of(entry.name)
                 if kinds and kind not in kinds:

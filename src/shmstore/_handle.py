@@ -197,6 +197,7 @@ class Handle:
 
         False once a write, append or delete changed the dataset's file, or
         the file was replaced: :meth:`view` then serves the new version.
+        A file that is gone is not current: this never raises.
         """
         return self._described.current()
 
@@ -207,6 +208,8 @@ class Handle:
         loaded, or evicted), or the files changed since the handle was made.
 
         :returns: a read-only :class:`numpy.ndarray` of shape :attr:`shape`, or ``None``.
+        :raises SegmentError: a cached block cannot be mapped (a damaged block
+            file, or no address space left for the mapping).
         """
         return self._current()
 
@@ -289,5 +292,8 @@ class Handle:
         return self._pinned
 
     def unpin(self) -> None:
-        """Drop the mapping kept by :meth:`pin` (the segment stays cached, evictable)."""
+        """Drop the mapping kept by :meth:`pin` (the segment stays cached, evictable).
+
+        Does nothing for a handle that is not pinned; never raises.
+        """
         self._pinned = None

@@ -142,6 +142,8 @@ class Store:
         copies of each dataset's record.  A store serves from one good copy,
         so these are problems a reader does not see (``shmstore validate``
         reports them).  Reads every dataset's record.
+
+        :raises ArgumentError: the store is closed.
         """
         return self._catalog.metadata_problems()
 
@@ -150,6 +152,9 @@ class Store:
 
         Datasets shmstore cannot serve are listed too: :meth:`info` says why.
         Listing visits every object of the file.
+
+        :raises ArgumentError: the store is closed.
+        :raises InvalidStoreError: the file's groups cannot be walked (damaged).
         """
         return self._catalog.names()
 

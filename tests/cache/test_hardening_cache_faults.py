@@ -79,6 +79,14 @@ def test_a_removed_directory_is_made_again_private_by_the_next_load(
     assert stat.S_IMODE(cache.directory.lstat().st_mode) == 0o700
 
 
+def test_a_removed_directory_lists_nothing_and_clears_nothing(cache: Cache, origin: Path) -> None:
+    cache.get(make_source(origin), F8, SHAPE, fill_expected())
+    shutil.rmtree(cache.directory)
+    assert cache.entries() == []
+    assert cache.clear() == []
+    assert cache.evict(["0" * 32])[0].outcome == "gone"
+
+
 def test_a_mapping_keeps_its_data_when_the_directory_is_removed(cache: Cache, origin: Path) -> None:
     array = cache.get(make_source(origin), F8, SHAPE, fill_expected())
     shutil.rmtree(cache.directory)
