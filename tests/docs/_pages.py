@@ -9,9 +9,12 @@ number of lines, as in doctest's ELLIPSIS.
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -104,3 +107,18 @@ def matches(expected: str, printed: str) -> bool:
     """Whether *printed* is what *expected* describes (trailing spaces ignored)."""
     text = "".join(line.rstrip() + "\n" for line in printed.splitlines())
     return output_pattern(expected).fullmatch(text) is not None
+
+
+def load_script(name: str, path: Path) -> ModuleType:
+    """The script at *path* (not a package module) imported as module *name*.
+
+    It is registered in ``sys.modules`` under *name*, as dataclasses defined
+    in it look their module up there.
+    """
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

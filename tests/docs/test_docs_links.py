@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "docs" / "check_links.py"
+from tests.docs._pages import DOCS, load_script
+
+SCRIPT = DOCS / "check_links.py"
 
 
 @pytest.fixture(scope="module")
 def check_links() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("check_links", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("check_links", SCRIPT)
 
 
 def _site(root: Path, pages: dict[str, str]) -> Path:

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from tests.docs._pages import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ROOT / "benchmarks"
 PAGE = ROOT / "docs" / "guide" / "performance.md"
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def _benchmark_modules() -> tuple[ModuleType, ModuleType]:
@@ -31,11 +22,11 @@ def _benchmark_modules() -> tuple[ModuleType, ModuleType]:
     reliability/ has a ``_common`` too, which its tests import by that name:
     the benchmark's is ``_common`` only while ``_plots`` is imported.
     """
-    common = _load("benchmarks_common", BENCHMARKS / "_common.py")
+    common = load_script("benchmarks_common", BENCHMARKS / "_common.py")
     saved = sys.modules.get("_common")
     sys.modules["_common"] = common
     try:
-        plots = _load("benchmarks_plots", BENCHMARKS / "_plots.py")
+        plots = load_script("benchmarks_plots", BENCHMARKS / "_plots.py")
     finally:
         if saved is None:
             del sys.modules["_common"]

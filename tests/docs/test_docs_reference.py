@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import zlib
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "docs" / "check_reference.py"
+from tests.docs._pages import DOCS, load_script
+
+SCRIPT = DOCS / "check_reference.py"
 
 
 @pytest.fixture(scope="module")
 def check_reference() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("check_reference", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("check_reference", SCRIPT)
 
 
 def _inventory(path: Path, names: list[str]) -> Path:
