@@ -100,7 +100,6 @@ def _synthetic() -> object:
 
 
 def test_the_plots_are_drawn_from_a_run(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib", reason="matplotlib is in the 'bench' extra only")
     written = PLOTS.draw(_synthetic(), tmp_path)
     assert sorted(p.name for p in written) == sorted(PLOTS.FILES)
     for path in written:
@@ -112,7 +111,6 @@ def test_the_plots_are_drawn_from_a_run(tmp_path: Path) -> None:
 
 
 def test_a_figure_whose_items_did_not_run_is_left_out(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib", reason="matplotlib is in the 'bench' extra only")
     results = _synthetic()
     del results.series["4"]  # type: ignore[attr-defined]
     written = PLOTS.draw(results, tmp_path)
