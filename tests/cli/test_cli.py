@@ -330,14 +330,15 @@ def test_demo_measures_less_node_memory_with_one_shared_copy() -> None:
 
 
 def test_demo_cleans_up_when_terminated() -> None:
-    def leftovers() -> set[str]:
+    def leftovers(pid: int) -> set[str]:
+        # Only this demo's: another test session may run a demo meanwhile.
         return {
             p.name
             for base in (Path("/dev/shm"), Path(os.environ.get("TMPDIR", "/tmp")))
-            for p in base.glob("shmstore-demo-*")
+            for pattern in (f"shmstore-demo-{pid}-*", f"shmstore-demo-cache-{pid}-*")
+            for p in base.glob(pattern)
         }
 
-    before = leftovers()
     process = subprocess.Popen(
         [str(SCRIPT), "demo", "--size", "1G"],
         stdout=subprocess.PIPE,
@@ -350,7 +351,7 @@ def test_demo_cleans_up_when_terminated() -> None:
     process.send_signal(signal.SIGTERM)
     process.wait(60)
     assert process.returncode != 0
-    assert leftovers() <= before
+    assert leftovers(process.pid) == set()
 
 
 def test_ls_marks_named_arrays_and_gc_removes_one_no_process_maps(cache_dir: Path) -> None:

@@ -180,12 +180,15 @@ def _write_sample(path: Path, nbytes: int) -> None:
 def _run(args: argparse.Namespace) -> dict[str, Any]:
     """Write the sample, measure both ways, clean up (also when interrupted); the figures."""
     nbytes = parse_budget(args.size, "/dev/shm", "--size")
-    workdir = Path(tempfile.mkdtemp(prefix="shmstore-demo-"))
+    # Named by the pid, so whose they are is plain, should a kill -9 leave them.
+    workdir = Path(tempfile.mkdtemp(prefix=f"shmstore-demo-{os.getpid()}-"))
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     cache_dir: Path | None = None
     try:
         shm_base = Path("/dev/shm") if Path("/dev/shm").is_dir() else workdir
-        cache_dir = Path(tempfile.mkdtemp(prefix="shmstore-demo-cache-", dir=shm_base))
+        cache_dir = Path(
+            tempfile.mkdtemp(prefix=f"shmstore-demo-cache-{os.getpid()}-", dir=shm_base)
+        )
         path = workdir / "sample.h5"
         _say(args, f"writing a sample store of {human_bytes(nbytes)} in {workdir}")
         _write_sample(path, nbytes)
